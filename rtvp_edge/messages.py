@@ -1,0 +1,87 @@
+"""Small frozen messages passed between stages of the line (camera -> part assembler -> inference).
+
+Everything carries ids and capture timestamps so a verdict can be traced to the frames behind it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GroundTruthBox:
+    """A defect the simulated rig knows is visible in one view (never present for real cameras).
+
+    Args:
+        class_name: vocabulary name, e.g. ``"bubble"``.
+        box: (x1, y1, x2, y2) in pixels of the camera image.
+        clear: True when the defect is well visible in this view (not grazing the silhouette edge,
+            not tiny); tests compare detections against clear defects only.
+        defect_id: id of the 3-D defect on the container, identical across the views that see it.
+    """
+
+    class_name: str
+    box: tuple[float, float, float, float]
+    clear: bool = True
+    defect_id: int = -1
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image from one camera for one trigger.
+
+    Args:
+        camera_id: configured camera id (e.g. ``"L1"``).
+        view_index: position of this camera's view within a part, 0..n_views-1 (rig: 0-2 left bank
+            before the 180 degree turn, 3-5 right bank after it).
+        trigger_seq: sequence number of the photoelectric-gate trigger; all views of one part share it.
+        capture_time: wall-clock capture time, seconds since the Unix epoch (UTC).
+        image: (H, W, 3) uint8 BGR image.
+        part_id: id of the part if the source knows it (the simulated rig does), else None and the
+            part assembler derives it.
+        monotonic: ``time.monotonic()`` at capture, for latency measurement inside this process.
+        ground_truth: defects visible in this view (simulated rig only).
+    """
+
+    camera_id: str
+    view_index: int
+    trigger_seq: int
+    capture_time: float
+    image: np.ndarray = field(repr=False)
+    part_id: str | None = None
+    monotonic: float = 0.0
+    ground_truth: tuple[GroundTruthBox, ...] | None = None
+
+
+class CameraSource(abc.ABC):
+    """A camera as the runtime sees it. Implementations: OpenCV capture, folder/video replay,
+    the simulated rig. ``read`` is called from the camera's own thread."""
+
+    camera_id: str
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect to the camera. Raises ``CameraError`` when it cannot."""
+
+    @abc.abstractmethod
+    def read(self, timeout: float) -> Frame | None:
+        """Block until the next frame (or ``timeout`` seconds). Returns None on timeout.
+
+        Raises ``CameraError`` when the camera failed (the caller reconnects with back-off) and
+        ``EndOfStream`` when a finite source (a replayed folder or video) is exhausted.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the camera. Safe to call twice."""
+
+
+class CameraError(RuntimeError):
+    """The camera could not be opened or stopped delivering frames."""
+
+
+class EndOfStream(Exception):
+    """A finite source has no more frames."""
