@@ -85,3 +85,59 @@ class CameraError(RuntimeError):
 
 class EndOfStream(Exception):
     """A finite source has no more frames."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected defect in one camera image.
+
+    Args:
+        class_id: index into the bundle's vocabulary.
+        class_name: vocabulary name.
+        score: class probability in [0, 1].
+        box: (x1, y1, x2, y2) in pixels of the camera image.
+    """
+
+    class_id: int
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    """Detections of one view of a part (after thresholds, ROI and minimum-size filters)."""
+
+    camera_id: str
+    view_index: int
+    trigger_seq: int
+    capture_time: float
+    detections: tuple[Detection, ...]
+    evidence_path: str | None = None  # annotated image written for NG parts
+
+
+@dataclass(frozen=True)
+class PartVerdict:
+    """The decision for one part: OK, NG (a defect rule fired) or INCOMPLETE (views missing at timeout).
+
+    Args:
+        part_id: part id (rig: container id; else derived from the trigger sequence or a PLC message).
+        trigger_seq: gate trigger sequence of the part.
+        verdict: ``"OK"``, ``"NG"`` or ``"INCOMPLETE"``.
+        views: one ``ViewResult`` per view that arrived, ordered by view index.
+        missing_views: view indices that did not arrive before the timeout.
+        reasons: human-readable rule hits, e.g. ``"bubble score 0.81 >= 0.50 on L2"``.
+        first_capture_time: earliest capture time of the part's frames (UTC epoch seconds).
+        decided_time: when the verdict was decided (UTC epoch seconds).
+        latency_ms: per-stage latencies, e.g. {"inference": 41.2, "trigger_to_verdict": 180.3}.
+    """
+
+    part_id: str
+    trigger_seq: int
+    verdict: str
+    views: tuple[ViewResult, ...]
+    missing_views: tuple[int, ...] = ()
+    reasons: tuple[str, ...] = ()
+    first_capture_time: float = 0.0
+    decided_time: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
