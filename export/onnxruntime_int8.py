@@ -53,7 +53,7 @@ def quantize_qdq(
     embeddings: np.ndarray | None = None,
     keep_float: list[str] = (),
     keep_default_blocks: bool = True,
-    symmetric_activations: bool = False,
+    for_tensorrt: bool = False,
 ) -> tuple[Path, dict, list[str]]:
     """Q/DQ INT8 ONNX from the FP32 ONNX.
 
@@ -65,7 +65,8 @@ def quantize_qdq(
         embeddings: (C, D) for vocabulary mode ``input``.
         keep_float: extra blocks to keep float.
         keep_default_blocks: keep ``DEFAULT_FLOAT_BLOCKS`` float.
-        symmetric_activations: signed, symmetric int8 activations (zero point 0), as TensorRT requires.
+        for_tensorrt: what TensorRT explicit quantization requires: signed symmetric int8 activations
+            (zero point 0) and float biases (no int32 bias quantization).
     Returns:
         (path, calibration info, kept-float reasons for the manifest).
     """
@@ -86,11 +87,15 @@ def quantize_qdq(
             _Reader(calibration, embeddings),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=keep.onnx_nodes(graph),
-            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": for_tensorrt,
+                "WeightSymmetric": True,
+                "QuantizeBias": not for_tensorrt,
+            },
         )
     except Exception as e:
         raise ExportError(f"ONNX Runtime INT8 quantization failed: {type(e).__name__}: {e}") from None
@@ -103,9 +108,7 @@ def quantize_qdq(
 
     info = {
         "method": "onnxruntime.quantization.quantize_static (QDQ, MinMax)",
-        "activations": "int8 symmetric per-tensor"
-        if symmetric_activations
-        else "uint8 asymmetric per-tensor",
+        "activations": "int8 symmetric per-tensor" if for_tensorrt else "uint8 asymmetric per-tensor",
         "weights": "int8 symmetric per-channel",
         "quantize_linear_nodes": n_q,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -309,7 +309,7 @@ def export_tensorrt(
                 calibration,
                 model,
                 embeddings,
-                symmetric_activations=True,
+                for_tensorrt=True,
             )
             notes += "; explicit Q/DQ ONNX (model_qdq.onnx)"
         else:
