@@ -568,7 +568,14 @@ class EventPublisher:
             self._connected = False
             self._cond.notify_all()
         if not self._stopping and self._error is None:
-            self._state = f"disconnected ({reason_code}); retrying"
+            if self._connects == 0:
+                # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.
+                self._state = (
+                    f"disconnected before the broker answered ({reason_code}): "
+                    "is it a TLS port (set mqtt.tls) or not an MQTT port?; retrying"
+                )
+            else:
+                self._state = f"disconnected ({reason_code}); retrying"
             log.warning(
                 "MQTT connection to %s:%s lost (%s); retrying",
                 self.config.host,
