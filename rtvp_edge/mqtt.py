@@ -486,22 +486,25 @@ class EventPublisher:
         (paho takes its own locks; on_publish takes ours)."""
         with self._cond:
             self._publishing += 1
+        info = None
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         finally:
+            # The mid is recorded and _publishing lowered under one lock hold, so a PUBACK handled
+            # at any moment finds either the mapping or an open publish.
             with self._cond:
                 self._publishing -= 1
-        if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
-            return False  # paho dropped it (not connected); QoS 0 is not kept for a resend
-        with self._cond:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                if seq is not None:
-                    self._acked.append(seq)
-                    self._cond.notify_all()
-            else:
-                self._inflight[info.mid] = seq
-        return True
+                sent = info is not None and not (qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS)
+                if info is not None and info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    if seq is not None and sent:
+                        self._acked.append(seq)
+                        self._cond.notify_all()
+                elif sent:
+                    self._inflight[info.mid] = seq
+                if not self._publishing:
+                    self._early_acks.clear()
+        return sent  # False: QoS 0 dropped by paho while disconnected (not kept for a resend)
 
     def _flush_acks_locked(self) -> None:
         if self._acked:
