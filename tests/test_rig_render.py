@@ -227,3 +227,18 @@ def test_class_looks_differ():
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"RigConfig.{field}"):
         RigConfig(**{field: value})
+
+
+def test_config_from_a_mapping_is_strict():
+    cfg = RigConfig.from_dict(
+        {"seed": 4, "classes": ["bubble", "stone"], "shapes": ["jar"]}, where="camera.rig"
+    )
+    assert [c.name for c in cfg.classes] == ["bubble", "stone"] and cfg.shapes == ("jar",)
+    with pytest.raises(ValueError, match=r"camera\.rig: unknown key\(s\) \['sede'\]"):
+        RigConfig.from_dict({"sede": 4}, where="camera.rig")
+    with pytest.raises(ValueError, match=r"camera\.rig\.classes"):
+        RigConfig.from_dict({"classes": ["bubble", "dent"]}, where="camera.rig")
+    with pytest.raises(ValueError, match=r"camera\.rig: RigConfig\.defect_free_share"):
+        RigConfig.from_dict({"defect_free_share": -0.1}, where="camera.rig")
+    with pytest.raises(ValueError, match=r"camera\.rig"):
+        RigConfig.from_dict({"noise_sigma": "loud"}, where="camera.rig")

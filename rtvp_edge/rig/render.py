@@ -13,6 +13,7 @@ and the defect sprites, all vectorised (see ``benchmarks/bench_rig.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class RigConfig:
         mean_defects: mean number of defects on a defective container (1 + Poisson(mean - 1)).
         max_defects: upper bound of defects per container.
         defect_size_scale: multiplies every defect size (1.0: most boxes 10-40 px).
+        large_defect_share: share of defects drawn 1.7-2.6 times larger (the medium-size tail).
         noise_sigma: camera read noise, grey levels (std).
         exposure_jitter: relative std of the per-view exposure gain.
         pose_jitter_px: max per-view shift of the container in the image (turntable wobble).
@@ -77,6 +79,7 @@ class RigConfig:
     mean_defects: float = 2.0
     max_defects: int = 6
     defect_size_scale: float = 1.0
+    large_defect_share: float = 0.12
     noise_sigma: float = 2.0
     exposure_jitter: float = 0.03
     pose_jitter_px: float = 5.0
@@ -123,6 +126,8 @@ class RigConfig:
             raise bad("max_defects", "must be an int >= 1")
         if not 0.2 <= self.defect_size_scale <= 5.0:
             raise bad("defect_size_scale", "must be in [0.2, 5]")
+        if not 0.0 <= self.large_defect_share <= 1.0:
+            raise bad("large_defect_share", "must be in [0, 1]")
         if not 0.0 <= self.noise_sigma <= 30.0:
             raise bad("noise_sigma", "must be in [0, 30]")
         if not 0.0 <= self.exposure_jitter <= 0.3:
@@ -133,6 +138,37 @@ class RigConfig:
             raise bad("turn_jitter_deg", "must be in [0, 10]")
         if len(self.view_angles_deg) < 1:
             raise bad("view_angles_deg", "needs at least one view")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "rig") -> RigConfig:
+        """Build from a config mapping (e.g. a YAML section); unknown keys are errors naming ``where.key``.
+
+        ``classes`` may be given as a list of vocabulary names (default: the whole glass vocabulary).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        kw = dict(d)
+        if "classes" in kw:
+            by_name = {c.name: c for c in GLASS_DEFECTS}
+            try:
+                kw["classes"] = tuple(by_name[n] for n in kw["classes"])
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"{where}.classes: {kw['classes']!r} must list names of {sorted(by_name)}"
+                ) from None
+        for k in ("image_size", "shapes", "tints", "class_weights", "view_angles_deg"):
+            if isinstance(kw.get(k), list):
+                kw[k] = tuple(kw[k])
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        except TypeError as e:  # a wrong type the checks could not compare
+            raise ValueError(f"{where}: {e}") from None
 
     @property
     def n_views(self) -> int:
@@ -262,7 +298,10 @@ def sample_container(config: RigConfig, index: int) -> ContainerSpec:
             theta = float(rng.uniform(0, 360))
             row = float(rng.choice(prof.inspection_rows)) + float(rng.uniform(-0.5, 0.5))
             depth = 1.0 if cls in SURFACE_CLASSES else float(rng.uniform(0.95, 0.99))
-            sprite = make_sprite(cls, rng, prof.scale * config.defect_size_scale)
+            # a tail of larger defects (long cracks, big smears) next to the dominant small ones
+            big = config.large_defect_share > 0 and rng.random() < config.large_defect_share
+            size = prof.scale * config.defect_size_scale * (float(rng.uniform(1.7, 2.6)) if big else 1.0)
+            sprite = make_sprite(cls, rng, size)
             defects.append(Defect3D(k, cls, theta, row, depth, sprite))
     return ContainerSpec(index, shape, tint, tuple(defects), bank_offset, shift, gain, seam)
 
