@@ -302,6 +302,7 @@ class EventPublisher:
         self._cond = threading.Condition()
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: status/metrics)
         self._early_acks: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
+        self._publishing = 0  # publish() calls in progress
         self._acked: list[int] = []  # seqs acknowledged, not yet deleted from the outbox
         self._last_handed = 0  # highest seq given to paho
         self._last_appended = self.outbox.last_seq
@@ -391,6 +392,8 @@ class EventPublisher:
 
         Returns the sequence numbers. Raises ``OutboxFullError`` (``when_full: refuse``) or ``OutboxError``.
         """
+        if self._state == "stopped":
+            raise RuntimeError("EventPublisher.publish_verdict called after stop()")
         events = verdict_events(verdict, self.station, self.model, self.root, self.config.qos)
         seqs = self.outbox.append(events)
         with self._cond:
@@ -481,18 +484,27 @@ class EventPublisher:
     def _publish_tracked(self, topic: str, payload: bytes, qos: int, retain: bool, seq: int | None) -> bool:
         """Hand one message to paho and remember its mid; never called with ``self._cond`` held
         (paho takes its own locks; on_publish takes ours)."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
-            return False  # paho dropped it (not connected); QoS 0 is not kept for a resend
         with self._cond:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                if seq is not None:
-                    self._acked.append(seq)
-                    self._cond.notify_all()
-            else:
-                self._inflight[info.mid] = seq
-        return True
+            self._publishing += 1
+        info = None
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            # The mid is recorded and _publishing lowered under one lock hold, so a PUBACK handled
+            # at any moment finds either the mapping or an open publish.
+            with self._cond:
+                self._publishing -= 1
+                sent = info is not None and not (qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS)
+                if info is not None and info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    if seq is not None and sent:
+                        self._acked.append(seq)
+                        self._cond.notify_all()
+                elif sent:
+                    self._inflight[info.mid] = seq
+                if not self._publishing:
+                    self._early_acks.clear()
+        return sent  # False: QoS 0 dropped by paho while disconnected (not kept for a resend)
 
     def _flush_acks_locked(self) -> None:
         if self._acked:
@@ -568,7 +580,14 @@ class EventPublisher:
             self._connected = False
             self._cond.notify_all()
         if not self._stopping and self._error is None:
-            self._state = f"disconnected ({reason_code}); retrying"
+            if self._connects == 0:
+                # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.
+                self._state = (
+                    f"disconnected before the broker answered ({reason_code}): "
+                    "is it a TLS port (set mqtt.tls) or not an MQTT port?; retrying"
+                )
+            else:
+                self._state = f"disconnected ({reason_code}); retrying"
             log.warning(
                 "MQTT connection to %s:%s lost (%s); retrying",
                 self.config.host,
@@ -587,5 +606,7 @@ class EventPublisher:
                 if seq is not None:
                     self._acked.append(seq)
                     self._cond.notify_all()
-            else:
+            elif self._publishing:
+                # The PUBACK overtook publish() returning its mid; remembered only while a publish is
+                # in progress, so a stray id cannot acknowledge a later event that reuses it.
                 self._early_acks.add(mid)
