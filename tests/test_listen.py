@@ -27,7 +27,7 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     result = {}
     listener = threading.Thread(
         target=lambda: result.setdefault(
-            "n", run_listen(cfg, "rtvp/+/+/+", out=out, max_messages=8, timeout=20)
+            "n", run_listen(cfg, cfg.topic_root, out=out, max_messages=8, timeout=20)
         )
     )
     listener.start()
