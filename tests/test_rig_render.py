@@ -246,3 +246,20 @@ def test_config_from_a_mapping_is_strict():
         RigConfig.from_dict({"defect_free_share": -0.1}, where="camera.rig")
     with pytest.raises(ValueError, match=r"camera\.rig"):
         RigConfig.from_dict({"noise_sigma": "loud"}, where="camera.rig")
+
+
+def test_other_image_sizes_scale_the_scene():
+    small = RigConfig(seed=7, image_size=(410, 350), defect_free_share=0.0)
+    cv = render_container(small, 1)
+    big = render_container(RigConfig(seed=7, defect_free_share=0.0), 1)
+    assert all(img.shape == (410, 350, 3) for img, _ in cv)
+    n_small = sum(len(g) for _, g in cv)
+    assert n_small > 0
+    for (_, gs), (_, gb) in zip(cv, big, strict=True):
+        for a in gs:
+            assert 0 <= a.box[0] < a.box[2] <= 350 and 0 <= a.box[1] < a.box[3] <= 410
+            # the same defect sits at about half the position in the half-size image
+            match = [b for b in gb if b.defect_id == a.defect_id]
+            if match and a.clear and match[0].clear:
+                ca, cb = _centre(a.box), _centre(match[0].box)
+                assert abs(ca[1] - cb[1] / 2) <= 4
