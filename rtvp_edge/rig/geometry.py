@@ -93,7 +93,9 @@ def container_profile(shape: str, image_size: tuple[int, int]) -> ContainerProfi
     radius = np.interp(height_above, pts[:, 0], pts[:, 1], left=0.0, right=0.0)
     inside = (height_above >= 0) & (height_above <= pts[-1, 0])
     # Round the shoulder and heel: a short Gaussian along the rows, re-masked to the glass.
-    k = np.exp(-0.5 * (np.arange(-9, 10) / (3.0 * scale)) ** 2)
+    sigma = 6.0 * scale
+    half = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     radius = np.convolve(radius, k / k.sum(), mode="same") * inside
     top_row = int(np.ceil(base_row - pts[-1, 0]))
     base = int(np.floor(base_row))
