@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from rtvp_edge.events import (
     ModelInfo,
@@ -75,6 +75,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths resolve against ``context["base_dir"]`` when the caller validates with one
+    (the line-config loader passes the line file's directory), else they stay as written."""
+    if value is None or value.is_absolute() or str(value) == ":memory:":
+        return value
+    base = (info.context or {}).get("base_dir")
+    return Path(base) / value if base is not None else value
+
+
 class TlsConfig(_Strict):
     """TLS towards the broker.
 
@@ -90,6 +99,8 @@ class TlsConfig(_Strict):
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+
+    _paths = field_validator("ca", "cert", "key")(_against_base_dir)
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> TlsConfig:
@@ -114,6 +125,8 @@ class OutboxConfig(_Strict):
     max_bytes: int | None = Field(None, ge=1024)
     when_full: Literal["drop_oldest", "refuse"] = "drop_oldest"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    _paths = field_validator("path")(_against_base_dir)
 
 
 class MqttConfig(_Strict):
@@ -204,6 +217,10 @@ class MqttConfig(_Strict):
             )
         outbox = self.outbox.model_copy(update={"path": fix(self.outbox.path) or self.outbox.path})
         return self.model_copy(update={"tls": tls, "outbox": outbox})
+
+    def station_root(self, station: StationIds) -> str:
+        """The topic root of ``station`` (``topic_root`` with its placeholders filled)."""
+        return topic_root(self.topic_root, station)
 
     def password(self) -> str | None:
         """The password from the environment variable ``password_env`` (None without one)."""
