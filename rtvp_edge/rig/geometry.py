@@ -103,7 +103,7 @@ def container_profile(shape: str, image_size: tuple[int, int]) -> ContainerProfi
     # The finish/neck: from the top down to where the radius first reaches 60 % of the body radius.
     body = np.nonzero(radius >= 0.6 * rmax)[0]
     finish_row = int(body[0])
-    heel_margin = int(round(14 * scale))
+    heel_margin = int(round(30 * scale))  # above the thick, dark heel
     # Defects go on the body and the lower shoulder (radius >= 75 % of the body), not the neck or heel.
     insp = body[(body <= base - heel_margin) & (radius[body] >= 0.75 * rmax)]
     return ContainerProfile(
