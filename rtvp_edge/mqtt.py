@@ -372,10 +372,7 @@ class EventPublisher:
         client = self._client
         client.max_inflight_messages_set(self.config.max_inflight + 16)  # + status/metrics
         client.max_queued_messages_set(0)
-        will = status_payload(
-            "offline", self.station, self.model, self.client_id, "connection lost (last will)"
-        )
-        client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        self._arm_will()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -386,9 +383,10 @@ class EventPublisher:
             client.connect(host, port, keepalive=self.config.keepalive)
         except ssl.SSLError as exc:
             self._state = f"refused: TLS: {exc}"
-            raise MqttConnectError(
+            self._error = MqttConnectError(
                 f"TLS handshake with MQTT broker {host}:{port} failed: {exc} ({_tls_hint(exc)})"
-            ) from exc
+            )
+            raise self._error from exc
         except (TimeoutError, OSError) as exc:
             # Not fatal: a line must start (and buffer) while the broker is down or still booting.
             self._state = f"connecting (broker {host}:{port} unreachable: {exc}); retrying"
@@ -484,6 +482,15 @@ class EventPublisher:
                 "last_seq": self.outbox.last_seq,
             },
         )
+
+    def _arm_will(self) -> None:
+        """(Re)set the Last Will before each connection attempt: a fresh event id per connection, so a
+        consumer de-duplicating on event ids does not drop the will of a later death. Its ``ts`` is when
+        the connection was set up (the broker publishes the will verbatim)."""
+        will = status_payload(
+            "offline", self.station, self.model, self.client_id, "connection lost (last will)"
+        )
+        self._client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
 
     def _shutdown_client(self) -> None:
         self._stopping = True
@@ -596,6 +603,8 @@ class EventPublisher:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
+        if not self._stopping:
+            self._arm_will()  # paho reconnects from this thread after the callback returns
         if not self._stopping and self._error is None:
             if self._connects == 0:
                 # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.
