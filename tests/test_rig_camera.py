@@ -130,6 +130,20 @@ def test_corrupt_frame(kind, check):
     assert check(frames[1].image)
 
 
+def test_drop_frame_skips_one_trigger_of_one_camera():
+    rig = SimulatedRig(CFG, n_containers=4, realtime=False)
+    rig.drop_frame("R3", 2)
+    r3, _ = _drain(_opened(rig.camera("R3")))
+    l1, _ = _drain(_opened(rig.camera("L1")))
+    assert [f.trigger_seq for f in r3] == [0, 1, 3]
+    assert [f.trigger_seq for f in l1] == [0, 1, 2, 3]
+
+
+def _opened(cam):
+    cam.open()
+    return cam
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="line_rate_hz"):
         SimulatedRig(CFG, line_rate_hz=0)

@@ -8,7 +8,8 @@ rendering load spreads over the camera threads.
 
 Fault injection for the runtime's tests: ``fail_camera`` kills a camera after a number of parts (its
 ``read`` raises ``CameraError`` from then on, and ``open`` too until an optional recovery time has passed),
-``corrupt_frame`` makes one camera emit a wrongly sized / wrongly shaped / wrongly typed image.
+``corrupt_frame`` makes one camera emit a wrongly sized / wrongly shaped / wrongly typed image,
+``drop_frame`` makes one camera miss one trigger.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class SimulatedRig:
         self._t0_wall = 0.0
         self._failures: dict[str, _Failure] = {}
         self._corruptions: dict[tuple[str, int], str] = {}
+        self._drops: set[tuple[str, int]] = set()
         self.frames_rendered = 0
         self.containers_sampled = 0
         self._cameras = [SimulatedCamera(self, cid, v) for v, cid in enumerate(camera_ids)]
@@ -165,6 +167,12 @@ class SimulatedRig:
             raise ValueError(f"unknown corruption kind {kind!r}; known: {list(CORRUPTION_KINDS)}")
         self._corruptions[(camera_id, index)] = kind
 
+    def drop_frame(self, camera_id: str, index: int) -> None:
+        """Make ``camera_id`` miss the trigger of container ``index``: it never delivers that frame and
+        goes on with the next container (a missed trigger; the part should end up INCOMPLETE)."""
+        self.camera(camera_id)
+        self._drops.add((camera_id, index))
+
     def _corrupt(self, image: np.ndarray, kind: str) -> np.ndarray:
         h, w = image.shape[:2]
         if kind == "size":
@@ -220,6 +228,8 @@ class SimulatedCamera(CameraSource):
         if not self._open:
             raise CameraError(f"camera {self.camera_id}: read before open (or after close)")
         rig, view = self.rig, self.view_index
+        while (self.camera_id, self._next) in rig._drops:  # a missed trigger: that frame never comes
+            self._next += 1
         index = self._next
         if rig.n_containers is not None and index >= rig.start_index + rig.n_containers:
             raise EndOfStream(f"camera {self.camera_id}: all {rig.n_containers} containers delivered")
