@@ -26,6 +26,7 @@ from export.bundle_writer import BundleStaging
 from export.calibration import CalibrationSet, build_calibration_set, is_dataset
 from export.errors import ExportError
 from export.golden import check_golden, rig_images, write_golden
+from export.int8_policy import DEFAULT_FLOAT_BLOCKS
 from export.onnx_export import EMBEDDINGS, IMAGES, export_onnx
 from export.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner
 from export.source import ExportSource
@@ -70,7 +71,8 @@ class ExportOptions:
         eval_data: annotated data set root for the accuracy guard (its ``val`` split).
         eval_size: at most this many held-out images.
         keep_float: extra blocks (module names) kept out of INT8.
-        quantize_all_blocks: do not keep the default float blocks (the SAM encoder) out of INT8.
+        float_blocks: regex over the model's top-level block names kept entirely float in INT8 (default:
+            ``int8_policy.DEFAULT_FLOAT_BLOCKS``); None quantizes every block (the head path stays float).
         golden_count: golden images in the bundle.
         score_threshold: the bundle's default score threshold (golden outputs are decoded with it).
         overwrite: replace an existing bundle at ``out``.
@@ -90,7 +92,7 @@ class ExportOptions:
     eval_data: Path | None = None
     eval_size: int = 200
     keep_float: list[str] = field(default_factory=list)
-    quantize_all_blocks: bool = False
+    float_blocks: str | None = DEFAULT_FLOAT_BLOCKS
     golden_count: int = 4
     score_threshold: float = 0.25
     overwrite: bool = False
@@ -286,7 +288,7 @@ def export_bundle(
                     source.model,
                     feed_emb,
                     options.keep_float,
-                    not options.quantize_all_blocks,
+                    options.float_blocks,
                 )
                 artifacts = [
                     Artifact(
@@ -311,7 +313,7 @@ def export_bundle(
                     keep = ovb.keep_float_policy(
                         onnx.load(str(onnx_path), load_external_data=False),
                         [n for n, _ in source.model.named_children()],
-                        None if options.quantize_all_blocks else ovb.DEFAULT_FLOAT_BLOCKS,
+                        options.float_blocks,
                         options.keep_float,
                     )
                     control = None
@@ -513,7 +515,11 @@ def _accuracy_control(eval_set: EvalSet | None, spec, class_names, feed_emb, max
     def validate(compiled_model, data) -> float:
         results = []
         out_boxes, out_scores = compiled_model.output("boxes"), compiled_model.output("scores")
-        for (image_id, lb), feeds in zip(geometry, data, strict=True):
+        for (image_id, lb), item in zip(geometry, data, strict=True):
+            # NNCF hands the validation items untransformed: (3, H, W) model inputs.
+            feeds = {IMAGES: item[None]}
+            if feed_emb is not None:
+                feeds[EMBEDDINGS] = feed_emb
             res = compiled_model(feeds)
             for d in decode_detections(
                 res[out_boxes][0], res[out_scores][0], lb, class_names, 0.001, 0.5, 300

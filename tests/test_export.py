@@ -326,3 +326,20 @@ def test_manifest_records_toolchain_and_precision(int8_bundle):
     assert {"torch", "onnx", "openvino", "nncf", "onnxruntime"} <= set(raw["toolchain"])
     assert raw["vocabulary"]["mode"] == "folded"
     assert raw["artifacts"][1]["properties"]["INFERENCE_PRECISION_HINT"] in ("bf16", "f32", "f16")
+
+
+def test_openvino_fp16_ir_and_accuracy_controlled_int8(glass_data, tmp_path):
+    src = _source()
+    m = export_bundle(src, tmp_path / "fp16", _options(glass_data, target="openvino", half=True))
+    art = m.artifact("openvino")
+    assert art.precision == "fp16"
+    assert m.source_checkpoint["parity"]["openvino"]["max_score_diff"] < 5e-3
+    # FP16 weights: the .bin is about half the FP32 ONNX's weight bytes.
+    assert (tmp_path / "fp16" / "openvino" / "model.bin").stat().st_size < 0.7 * (
+        tmp_path / "fp16" / "model.onnx"
+    ).stat().st_size
+    m = export_bundle(
+        src, tmp_path / "ac", _options(glass_data, target="openvino", int8=True, accuracy_control=True)
+    )
+    assert m.calibration["method"] == "nncf.quantize_with_accuracy_control"
+    assert m.accuracy is not None and m.artifact("openvino").precision == "int8"
