@@ -186,9 +186,10 @@ def _resolve_eval_set(source: ExportSource, options: ExportOptions) -> EvalSet |
         root = source.dataset_root()
     if root is None:
         return None
-    if options.eval_data is None and not (Path(root) / "annotations" / "val.json").is_file():
+    val_split = str(source.provenance.get("val_split") or "val")
+    if options.eval_data is None and not (Path(root) / "annotations" / f"{val_split}.json").is_file():
         return None
-    return load_eval_set(root, "val", options.eval_size)
+    return load_eval_set(root, str(source.provenance.get("val_split") or "val"), options.eval_size)
 
 
 def export_bundle(
@@ -263,7 +264,13 @@ def export_bundle(
             t = stage_done("onnx", t)
             calib = None
             if options.int8:
-                calib = build_calibration_set(calib_root, spec, options.calib_size, progress=options.progress)
+                calib = build_calibration_set(
+                    calib_root,
+                    spec,
+                    options.calib_size,
+                    progress=options.progress,
+                    split=str(source.provenance.get("train_split") or "train"),
+                )
             t = stage_done("calibration", t)
             check_images = _verification_images(source, calib, eval_set, max(2, options.golden_count))
             ort_fp32 = OnnxRuntimeRunner(onnx_path, feed_emb)

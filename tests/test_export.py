@@ -343,3 +343,9 @@ def test_openvino_fp16_ir_and_accuracy_controlled_int8(glass_data, tmp_path):
     )
     assert m.calibration["method"] == "nncf.quantize_with_accuracy_control"
     assert m.accuracy is not None and m.artifact("openvino").precision == "int8"
+
+
+def test_golden_samples_are_recorded_for_the_primary_artifact(int8_bundle):
+    _, m = int8_bundle
+    assert {g.backend for g in m.golden} == {"openvino"}
+    assert m.golden_for("openvino") == m.golden and m.golden_for("onnxruntime") == []
