@@ -290,6 +290,9 @@ class Trainer:
             if cfg.optim.clip_grad_norm > 0:
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
+                if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
+                    # fp16 AMP skips such steps by design (the scaler backs off); in fp32/bf16 it is a bug.
+                    self._raise_nonfinite_grads(losses)
                 sums["grad_norm"] += float(grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -303,7 +306,7 @@ class Trainer:
                 sums[k] += float(v.detach())
             self._call("after_step")
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{cfg.optim.lr * factor:.2e}")
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -311,9 +314,23 @@ class Trainer:
         means = {k: v / max(1, n_steps) for k, v in sums.items()}
         means = dist.all_reduce_mean(means, self.device)  # loss terms averaged over processes
         self.epoch_metrics.update({f"train/{k}": v for k, v in sorted(means.items())})
-        self.epoch_metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        self.epoch_metrics["train/lr"] = (
+            cfg.optim.lr * self.lr_factor()
+        )  # base rate (the expert's is coupled)
         self.epoch_metrics["train/images_per_s"] = n_images * self.dist.world_size / max(elapsed, 1e-9)
         self.epoch_metrics["train/epoch_s"] = elapsed
+
+    def _raise_nonfinite_grads(self, losses: dict[str, torch.Tensor]) -> None:
+        model = unwrap(self.model)
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        terms = {k: round(float(v), 5) for k, v in losses.items()}
+        raise TrainingError(
+            f"non-finite gradients at epoch {self.epoch + 1}, step {self.step} in {len(bad)} parameters "
+            f"(first: {', '.join(bad[:4])}); loss terms {terms}. A loss term with an undefined gradient "
+            "(e.g. a box loss on degenerate/padded boxes) is the usual cause."
+        )
 
     def forward_losses(
         self, images: torch.Tensor, targets: dict[str, torch.Tensor], phase: str

@@ -318,7 +318,7 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
     if info.is_main:
         best = (
             f", best {cfg.eval.best_metric} {trainer.best:.4f} at epoch {trainer.best_epoch}"
-            if trainer.best
+            if trainer.best is not None
             else ""
         )
         log(info, f"done: {run_dir / 'last.pt'}{best}")
