@@ -132,3 +132,53 @@ def test_cli_errors_exit_2_with_a_named_field(tmp_path, capsys, argv, needle):
     rc = main([a.format(t=tmp_path) for a in argv])
     assert rc == 2
     assert needle in capsys.readouterr().err
+
+
+def test_parallel_workers_write_the_same_data_set(tmp_path):
+    cfg = RigConfig(seed=5)
+    a = generate_dataset(tmp_path / "a", containers=3, protocol="closed", config=cfg, progress=False)
+    b = generate_dataset(
+        tmp_path / "b", containers=3, protocol="closed", config=cfg, workers=2, progress=False
+    )
+    for split in ("train", "val"):
+        ja = json.loads((a["closed"] / f"annotations/{split}.json").read_text())
+        jb = json.loads((b["closed"] / f"annotations/{split}.json").read_text())
+        assert ja == jb
+        for im in ja["images"]:
+            fa = a["closed"] / "Images" / split / im["file_name"]
+            assert fa.read_bytes() == (b["closed"] / "Images" / split / im["file_name"]).read_bytes()
+
+
+def test_an_interrupted_run_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import training.data.generate as gen
+
+    real = gen.render_container
+
+    def failing(config, index):
+        if index == 2:
+            raise RuntimeError("disk on fire")
+        return real(config, index)
+
+    monkeypatch.setattr(gen, "render_container", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        generate_dataset(tmp_path, containers=4, protocol="both", config=RigConfig(seed=1), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pycocotools_reads_the_annotations(dataset):
+    coco_mod = pytest.importorskip("pycocotools.coco")
+    cocoeval = pytest.importorskip("pycocotools.cocoeval")
+    import contextlib
+    import io
+
+    out, roots = dataset
+    ann = roots["closed"] / "annotations/train.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco_mod.COCO(str(ann))
+        # the ground truth scored against itself is perfect: the json is well-formed COCO
+        dets = [{**a, "score": 1.0} for a in gt.dataset["annotations"]]
+        ev = cocoeval.COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[1] == pytest.approx(1.0)  # AP50

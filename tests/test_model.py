@@ -182,7 +182,7 @@ def test_config_errors_name_the_field():
         ModelConfig(variant="rtvpnet_xxl")
     cfg = ModelConfig.from_dict({"variant": "rtvpnet_s", "rvp": False})
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.resolved().img_size == 640 and cfg.resolved().sam_img_size == 320
+    assert cfg.resolved().img_size == 640 and cfg.resolved().sam_img_size == 256
 
 
 def test_model_keeps_resolved_config():
@@ -195,3 +195,15 @@ def test_model_keeps_resolved_config():
 def test_random_sam_warns_loudly():
     with pytest.warns(UserWarning, match="RANDOM weights"):
         build_model(small_config("rtvpnet_tiny"))
+
+
+def test_deepcopy_and_pickle_for_ema_and_checkpoints(tmp_path, text):
+    import copy
+
+    model = build().eval()
+    images, _ = batch(1)
+    ema = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")  # whole-module pickling works (no lambdas inside)
+    with torch.no_grad():
+        a, b = model.forward_inference(images, text), ema.forward_inference(images, text)
+    assert torch.equal(a[1], b[1])

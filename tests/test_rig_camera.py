@@ -130,6 +130,31 @@ def test_corrupt_frame(kind, check):
     assert check(frames[1].image)
 
 
+def test_drop_frame_skips_one_trigger_of_one_camera():
+    rig = SimulatedRig(CFG, n_containers=4, realtime=False)
+    rig.drop_frame("R3", 2)
+    r3, _ = _drain(_opened(rig.camera("R3")))
+    l1, _ = _drain(_opened(rig.camera("L1")))
+    assert [f.trigger_seq for f in r3] == [0, 1, 3]
+    assert [f.trigger_seq for f in l1] == [0, 1, 2, 3]
+
+
+def _opened(cam):
+    cam.open()
+    return cam
+
+
+def test_a_subset_of_the_cameras():
+    rig = SimulatedRig(CFG, camera_ids=("top", "back"), views=(1, 4), n_containers=2, realtime=False)
+    f_top = _opened(rig.camera("top")).read(1.0)
+    f_back = _opened(rig.camera("back")).read(1.0)
+    full = render_container(CFG, 0)
+    assert (f_top.view_index, f_back.view_index) == (1, 4)
+    assert np.array_equal(f_top.image, full[1][0]) and np.array_equal(f_back.image, full[4][0])
+    with pytest.raises(ValueError, match="views"):
+        SimulatedRig(CFG, camera_ids=("a", "b"), views=(1, 9))
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="line_rate_hz"):
         SimulatedRig(CFG, line_rate_hz=0)

@@ -8,7 +8,8 @@ rendering load spreads over the camera threads.
 
 Fault injection for the runtime's tests: ``fail_camera`` kills a camera after a number of parts (its
 ``read`` raises ``CameraError`` from then on, and ``open`` too until an optional recovery time has passed),
-``corrupt_frame`` makes one camera emit a wrongly sized / wrongly shaped / wrongly typed image.
+``corrupt_frame`` makes one camera emit a wrongly sized / wrongly shaped / wrongly typed image,
+``drop_frame`` makes one camera miss one trigger.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class SimulatedRig:
         turn_delay_s: time between the left-bank and the right-bank shots of one container; default
             half a trigger period, at most 0.25 s.
         cache_size: containers kept sampled for cameras that lag behind the others.
+        views: view index of each camera id (default 0..n_views-1 in order); a subset of the six views
+            runs fewer cameras.
     """
 
     def __init__(
@@ -61,11 +64,22 @@ class SimulatedRig:
         realtime: bool = True,
         turn_delay_s: float | None = None,
         cache_size: int = 64,
+        views: tuple[int, ...] | None = None,
     ) -> None:
         if not line_rate_hz > 0:
             raise ValueError(f"line_rate_hz must be > 0, got {line_rate_hz!r}")
-        if len(camera_ids) != config.n_views:
-            raise ValueError(f"camera_ids needs {config.n_views} ids (one per view), got {list(camera_ids)}")
+        if views is None:
+            if len(camera_ids) != config.n_views:
+                raise ValueError(
+                    f"camera_ids needs {config.n_views} ids (one per view), got {list(camera_ids)}; "
+                    "pass views= to run a subset of the cameras"
+                )
+            views = tuple(range(config.n_views))
+        views = tuple(views)
+        if len(views) != len(camera_ids):
+            raise ValueError(f"views {list(views)} needs one view index per camera id {list(camera_ids)}")
+        if len(set(views)) != len(views) or not all(0 <= v < config.n_views for v in views):
+            raise ValueError(f"views {list(views)} must be distinct view indices in 0..{config.n_views - 1}")
         if len(set(camera_ids)) != len(camera_ids):
             raise ValueError(f"camera_ids must be unique, got {list(camera_ids)}")
         if n_containers is not None and n_containers < 0:
@@ -88,9 +102,10 @@ class SimulatedRig:
         self._t0_wall = 0.0
         self._failures: dict[str, _Failure] = {}
         self._corruptions: dict[tuple[str, int], str] = {}
+        self._drops: set[tuple[str, int]] = set()
         self.frames_rendered = 0
         self.containers_sampled = 0
-        self._cameras = [SimulatedCamera(self, cid, v) for v, cid in enumerate(camera_ids)]
+        self._cameras = [SimulatedCamera(self, cid, v) for cid, v in zip(camera_ids, views, strict=True)]
 
     # -- the line -------------------------------------------------------------------------------------
 
@@ -165,6 +180,12 @@ class SimulatedRig:
             raise ValueError(f"unknown corruption kind {kind!r}; known: {list(CORRUPTION_KINDS)}")
         self._corruptions[(camera_id, index)] = kind
 
+    def drop_frame(self, camera_id: str, index: int) -> None:
+        """Make ``camera_id`` miss the trigger of container ``index``: it never delivers that frame and
+        goes on with the next container (a missed trigger; the part should end up INCOMPLETE)."""
+        self.camera(camera_id)
+        self._drops.add((camera_id, index))
+
     def _corrupt(self, image: np.ndarray, kind: str) -> np.ndarray:
         h, w = image.shape[:2]
         if kind == "size":
@@ -220,6 +241,8 @@ class SimulatedCamera(CameraSource):
         if not self._open:
             raise CameraError(f"camera {self.camera_id}: read before open (or after close)")
         rig, view = self.rig, self.view_index
+        while (self.camera_id, self._next) in rig._drops:  # a missed trigger: that frame never comes
+            self._next += 1
         index = self._next
         if rig.n_containers is not None and index >= rig.start_index + rig.n_containers:
             raise EndOfStream(f"camera {self.camera_id}: all {rig.n_containers} containers delivered")

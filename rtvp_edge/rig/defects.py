@@ -6,11 +6,11 @@ each view. Looks follow what an inspector sees on a back-lit glass line:
 - ``oil``: a soft, irregular, semi-transparent brownish smear (a film on the outer surface).
 - ``black spot``: a small, sharp, nearly opaque dark dot (carbon or metal inclusion).
 - ``bubble``: a round or vertically stretched ellipse, dark refracting rim, bright core and a glint.
-- ``plastering thread``: a thin curved thread of unmelted glass, a grey line with a bright edge.
+- ``plastering thread``: a curved rod of unmelted glass, a lens in back-light: dark edges, bright middle.
 - ``quenched grain``: a cluster of tiny white scattering grains on a faint grey haze.
 - ``crack``: a jagged dark line with a branch and a bright glint along it (the fracture plane).
-- ``stone``: an opaque irregular grey-brown inclusion with a bright/dark stress halo.
-- ``scratch``: a long, nearly straight, faint line (surface abrasion scatters a little light).
+- ``stone``: an opaque irregular grey-brown inclusion with a bright, then faint grey, stress aura.
+- ``scratch``: a long, nearly straight, thin dark line with a bright scatter line beside it.
 
 Sizes are chosen so that small defects (COCO small, < 32x32 px) dominate while staying visible to a
 detector working at ~0.55 scale: most boxes are 10-40 px with clear contrast.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+_OPTICS_BLUR = 0.6  # px, Gaussian sigma of the lens blur applied to every sprite
 _SS = 4  # supersampling of drawn lines/polygons (cv2 draws on integer pixels)
 
 
@@ -149,15 +150,17 @@ def sprite_bubble(rng: np.random.Generator, s: float) -> DefectSprite:
 
 
 def sprite_plastering_thread(rng: np.random.Generator, s: float) -> DefectSprite:
+    # A rod of unmelted glass lying on the wall acts as a cylindrical lens in back-light:
+    # both edges dark (light bent away), a bright line along its middle.
     length = rng.uniform(22, 60) * s
-    pts, (h, w) = _place(_smooth_curve(rng, length, bend=0.12), margin=4)
-    thick = rng.uniform(1.5, 2.8) * s
-    core = _draw_polyline((h, w), pts, thick)
-    edge = _draw_polyline((h, w), pts + np.array([0.0, -thick * 0.8]), max(1.0, thick * 0.5))
-    edge = np.clip(edge - core, 0, 1)
-    alpha = np.clip(0.75 * core + 0.5 * edge, 0, 1)
-    v = np.where(core >= edge, 85.0, 245.0).astype(np.float32)
-    return DefectSprite(alpha.astype(np.float32), _gray(v))
+    pts, (h, w) = _place(_smooth_curve(rng, length, bend=0.12), margin=5)
+    thick = rng.uniform(3.0, 4.5) * s
+    body = _draw_polyline((h, w), pts, thick)
+    core = _draw_polyline((h, w), pts, max(1.0, thick * 0.3))
+    rim = np.clip(body - core, 0, 1)
+    alpha = np.clip(0.8 * rim + 0.7 * core, 0, 1)
+    v = (0.8 * rim * 70.0 + 0.7 * core * 250.0) / np.maximum(0.8 * rim + 0.7 * core, 1e-6)
+    return DefectSprite(alpha.astype(np.float32), _gray(v.astype(np.float32)))
 
 
 def sprite_quenched_grain(rng: np.random.Generator, s: float) -> DefectSprite:
@@ -208,18 +211,29 @@ def sprite_stone(rng: np.random.Generator, s: float) -> DefectSprite:
     core = _fill_polygon((h, w), pts)
     grown = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=int(halo_w))
     halo = cv2.GaussianBlur(np.clip(grown - core, 0, 1), (0, 0), 0.8)
-    alpha = np.clip(0.95 * core + 0.45 * halo, 0, 1)
+    # stress around the inclusion: a bright inner aura fading into a faint grey outer one
+    outer = cv2.GaussianBlur(np.clip(cv2.dilate(grown, np.ones((3, 3), np.uint8), iterations=2) - grown, 0, 1),
+                             (0, 0), 1.0)  # fmt: skip
+    a_core, a_halo, a_outer = 0.95 * core, 0.45 * halo, 0.3 * outer
+    alpha = np.clip(a_core + a_halo + a_outer, 0, 1)
     stone_col = np.array([55, 62, 72], np.float32)  # grey-brown refractory
-    color = np.where((core >= halo)[..., None], stone_col, np.float32(250.0))
+    color = (a_core[..., None] * stone_col + (a_halo * 250.0 + a_outer * 120.0)[..., None]) / np.maximum(
+        alpha[..., None], 1e-6
+    )
     return DefectSprite(alpha.astype(np.float32), color.astype(np.float32))
 
 
 def sprite_scratch(rng: np.random.Generator, s: float) -> DefectSprite:
     length = rng.uniform(25, 75) * s
-    pts, (h, w) = _place(_smooth_curve(rng, length, bend=0.02, n=6), margin=3)
-    line = _draw_polyline((h, w), pts, max(1.0, 1.6 * s))
-    alpha = 0.75 * line
-    return DefectSprite(alpha.astype(np.float32), _gray(np.full((h, w), 90.0, np.float32)))
+    pts, (h, w) = _place(_smooth_curve(rng, length, bend=0.02, n=6), margin=4)
+    # the abraded groove scatters: a dark line with a bright scatter line beside it, visible on the
+    # bright body and on the dark shoulder alike
+    line = _draw_polyline((h, w), pts, max(1.0, 1.1 * s))
+    glint = np.clip(_draw_polyline((h, w), pts + np.array([1.2, 1.2]) * s, 1.0) - line, 0, 1)
+    a_line, a_glint = 0.75 * line, 0.55 * glint
+    alpha = np.clip(a_line + a_glint, 0, 1)
+    v = (a_line * 95.0 + a_glint * 250.0) / np.maximum(a_line + a_glint, 1e-6)
+    return DefectSprite(alpha.astype(np.float32), _gray(v.astype(np.float32)))
 
 
 SPRITES: dict[str, Callable[[np.random.Generator, float], DefectSprite]] = {
@@ -249,4 +263,10 @@ def make_sprite(class_name: str, rng: np.random.Generator, size_scale: float = 1
         fn = SPRITES[class_name]
     except KeyError:
         raise ValueError(f"no rig look for defect class {class_name!r}; known: {sorted(SPRITES)}") from None
-    return fn(rng, size_scale)
+    sp = fn(rng, size_scale)
+    # the optics are not perfectly sharp: soften every look a little (as the lens would)
+    a = cv2.GaussianBlur(sp.alpha, (0, 0), _OPTICS_BLUR)
+    c = cv2.GaussianBlur(sp.color * sp.alpha[..., None], (0, 0), _OPTICS_BLUR) / np.maximum(
+        a[..., None], 1e-6
+    )
+    return DefectSprite(a.astype(np.float32), np.where(a[..., None] > 1e-6, c, sp.color).astype(np.float32))

@@ -13,6 +13,7 @@ and the defect sprites, all vectorised (see ``benchmarks/bench_rig.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from rtvp_edge.rig.geometry import (
 )
 from rtvp_edge.vocabulary import GLASS_DEFECTS, DefectClass
 
-GENERATOR_VERSION = "rig-1.0"
+GENERATOR_VERSION = "rig-1.1"  # bump whenever the rendered pixels or boxes change
 
 # Glass transmission per unit wall path, BGR. Amber cuts blue, green cuts red and blue.
 TINTS: dict[str, tuple[float, float, float]] = {
@@ -60,6 +61,7 @@ class RigConfig:
         mean_defects: mean number of defects on a defective container (1 + Poisson(mean - 1)).
         max_defects: upper bound of defects per container.
         defect_size_scale: multiplies every defect size (1.0: most boxes 10-40 px).
+        large_defect_share: share of defects drawn 1.7-2.6 times larger (the medium-size tail).
         noise_sigma: camera read noise, grey levels (std).
         exposure_jitter: relative std of the per-view exposure gain.
         pose_jitter_px: max per-view shift of the container in the image (turntable wobble).
@@ -77,6 +79,7 @@ class RigConfig:
     mean_defects: float = 2.0
     max_defects: int = 6
     defect_size_scale: float = 1.0
+    large_defect_share: float = 0.12
     noise_sigma: float = 2.0
     exposure_jitter: float = 0.03
     pose_jitter_px: float = 5.0
@@ -123,6 +126,8 @@ class RigConfig:
             raise bad("max_defects", "must be an int >= 1")
         if not 0.2 <= self.defect_size_scale <= 5.0:
             raise bad("defect_size_scale", "must be in [0.2, 5]")
+        if not 0.0 <= self.large_defect_share <= 1.0:
+            raise bad("large_defect_share", "must be in [0, 1]")
         if not 0.0 <= self.noise_sigma <= 30.0:
             raise bad("noise_sigma", "must be in [0, 30]")
         if not 0.0 <= self.exposure_jitter <= 0.3:
@@ -133,6 +138,37 @@ class RigConfig:
             raise bad("turn_jitter_deg", "must be in [0, 10]")
         if len(self.view_angles_deg) < 1:
             raise bad("view_angles_deg", "needs at least one view")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "rig") -> RigConfig:
+        """Build from a config mapping (e.g. a YAML section); unknown keys are errors naming ``where.key``.
+
+        ``classes`` may be given as a list of vocabulary names (default: the whole glass vocabulary).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        kw = dict(d)
+        if "classes" in kw:
+            by_name = {c.name: c for c in GLASS_DEFECTS}
+            try:
+                kw["classes"] = tuple(by_name[n] for n in kw["classes"])
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"{where}.classes: {kw['classes']!r} must list names of {sorted(by_name)}"
+                ) from None
+        for k in ("image_size", "shapes", "tints", "class_weights", "view_angles_deg"):
+            if isinstance(kw.get(k), list):
+                kw[k] = tuple(kw[k])
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        except TypeError as e:  # a wrong type the checks could not compare
+            raise ValueError(f"{where}: {e}") from None
 
     @property
     def n_views(self) -> int:
@@ -262,7 +298,10 @@ def sample_container(config: RigConfig, index: int) -> ContainerSpec:
             theta = float(rng.uniform(0, 360))
             row = float(rng.choice(prof.inspection_rows)) + float(rng.uniform(-0.5, 0.5))
             depth = 1.0 if cls in SURFACE_CLASSES else float(rng.uniform(0.95, 0.99))
-            sprite = make_sprite(cls, rng, prof.scale * config.defect_size_scale)
+            # a tail of larger defects (long cracks, big smears) next to the dominant small ones
+            big = config.large_defect_share > 0 and rng.random() < config.large_defect_share
+            size = prof.scale * config.defect_size_scale * (float(rng.uniform(1.7, 2.6)) if big else 1.0)
+            sprite = make_sprite(cls, rng, size)
             defects.append(Defect3D(k, cls, theta, row, depth, sprite))
     return ContainerSpec(index, shape, tint, tuple(defects), bank_offset, shift, gain, seam)
 
@@ -300,13 +339,17 @@ def _glass_template(shape: str, tint: str, image_size: tuple[int, int]) -> np.nd
     edge = edge * edge * (3 - 2 * edge)
     factor = (1.0 - 0.82 * edge) * (1.0 + 0.05 * np.exp(-((s / 0.3) ** 2)))
     # Slope of the wall (shoulder, heel, finish) bends light away too: darker where the radius changes.
-    slope = np.abs(np.gradient(radius))[:, None]
+    # (smoothed along the rows: the profile is piecewise linear, the glass is not)
+    sig = 10.0 * prof.scale
+    kk = np.exp(-0.5 * (np.arange(-int(3 * sig), int(3 * sig) + 1) / sig) ** 2)
+    slope = np.convolve(np.abs(np.gradient(radius)), kk / kk.sum(), mode="same")[:, None]
     factor *= 1.0 - np.clip(1.6 * slope, 0, 0.55)
     rows = np.arange(ph)[:, None] - _PAD
     heel = np.clip((prof.base_row - rows) / (18.0 * prof.scale), 0, 1)  # thick base glass
     factor *= 0.45 + 0.55 * heel
-    finish = (rows < prof.finish_row) & (rows >= prof.top_row)
-    factor *= np.where(finish, 0.8, 1.0)
+    # the neck and finish are thick-walled: darker, fading in over a few rows below the neck
+    neck = np.clip((prof.finish_row - rows) / (20.0 * prof.scale) + 0.5, 0, 1)
+    factor *= 1.0 - 0.2 * neck
     glass = img * trans * factor[..., None]
     # Specular streaks of the light source: narrow bright vertical bands fixed relative to the camera.
     spec = 55.0 * np.exp(-(((s + 0.62) / 0.035) ** 2)) + 25.0 * np.exp(-(((s - 0.46) / 0.05) ** 2))

@@ -100,7 +100,12 @@ def plot_statistics(splits: dict[str, CocoSplit], out_png: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax_c, ax_s, ax_wh) = plt.subplots(1, 3, figsize=(17, 5))
-    names = sorted({n for ds in splits.values() for n in ds.class_names})
+    # classes in descending order of their total count, as the papers' Fig. 6 (long-tail view)
+    total: dict[str, int] = {}
+    for ds in splits.values():
+        for n, c in ds.class_counts().items():
+            total[n] = total.get(n, 0) + c
+    names = sorted(total, key=lambda n: (-total[n], n))
     x = np.arange(len(names))
     width = 0.8 / max(len(splits), 1)
     for j, (split, ds) in enumerate(splits.items()):
@@ -124,7 +129,7 @@ def plot_statistics(splits: dict[str, CocoSplit], out_png: Path, title: str) -> 
     if len(s):
         small = float((s < COCO_SMALL).mean())
         medium = float(((s >= COCO_SMALL) & (s < COCO_MEDIUM)).mean())
-        ax_s.set_title(f"box size: {small:.0%} small, {medium:.0%} medium, {1 - small - medium:.0%} large")
+        ax_s.set_title(f"box size: {small:.0%} small, {medium:.0%} medium, {max(0.0, 1 - small - medium):.0%} large")
     ax_s.set_xlabel("sqrt(box area) [px]")
     ax_s.set_ylabel("boxes")
     ax_s.legend()

@@ -165,7 +165,6 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
         expert=expert,
         head=DetectionHead(channels, strides, cfg.text_dim, cfg.reg_max),
         det_loss=det_loss,
-        fuse=nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels),
         sam=sam,
         projection=projection,
         rvp=rvp,
@@ -180,8 +179,9 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
 
 
 def build_rtvpnet_s(cfg: ModelConfig | None = None) -> RTVPNet:
-    """RTVPNet-S: C2F-S expert (YOLOv8-S widths) at 640; SAM branch at 320 to stay within the
-    YOLO-World-S compute budget (see benchmarks/results/model.md)."""
+    """RTVPNet-S: C2F-S expert (YOLOv8-S widths and depths) at 640 px; the frozen SAM branch runs at
+    256 px, the largest size that keeps the deployed model within YOLO-World-S's 32.8 GFLOPs
+    (31.9 GFLOPs, 2xMAC; every choice is in benchmarks/results/model.md)."""
     cfg = cfg or ModelConfig(variant="rtvpnet_s")
     return _assemble(cfg.resolved())
 
@@ -194,7 +194,7 @@ def build_rtvpnet_tiny(cfg: ModelConfig | None = None) -> RTVPNet:
 
 # Literal sizes per variant (the builders' hyper-parameters).
 VARIANT_SIZES: dict[str, dict[str, Any]] = {
-    "rtvpnet_s": dict(img_size=640, sam_img_size=320, width=0.5, depth=0.33, max_channels=1024),
+    "rtvpnet_s": dict(img_size=640, sam_img_size=256, width=0.5, depth=0.33, max_channels=1024),
     "rtvpnet_tiny": dict(img_size=320, sam_img_size=128, width=0.125, depth=0.33, max_channels=1024),
 }
 

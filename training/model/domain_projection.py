@@ -48,38 +48,47 @@ def random_patch_mask(
 class ProjectionLevel(nn.Module):
     """Domain-aware projection of one SAM feature level onto one expert level.
 
+    The reconstruction runs in a bottleneck of ``hidden`` channels (default C/4): the coarse prompt only
+    has to carry SAM's evidence, and full-width convs at stride 8 would cost several GFLOPs at 640.
+
     Args:
-        sam_channels (int): channels of the SAM map. expert_channels (int): channels of the expert map.
-        projection (bool): masked reconstruction on (Eq. 2-4); off = 1x1 channel mapping only.
+        sam_channels (int): channels of the SAM map. expert_channels (int): C, channels of the expert map.
+        projection (bool): masked reconstruction on (Eq. 2-4); off = 1x1 channel mappings only.
+        hidden (int | None): bottleneck width.
     """
 
-    def __init__(self, sam_channels: int, expert_channels: int, projection: bool = True):
+    def __init__(
+        self, sam_channels: int, expert_channels: int, projection: bool = True, hidden: int | None = None
+    ):
         super().__init__()
         c = expert_channels
+        h = hidden or max(16, c // 4)
         self.projection = projection
-        self.inp = nn.Conv2d(sam_channels, c, 1)  # channel alignment of SAM features
+        self.inp = nn.Conv2d(sam_channels, h, 1)  # channel alignment of SAM features (at SAM resolution)
+        self.out = nn.Conv2d(h, c, 1)  # into the expert's channel space
         if projection:
-            self.context = nn.Conv2d(c, c, 1)  # pooled expert features -> conditioning (Eq. 3)
-            # Reconstruction network of Eq. 4: conv (stride 2) -> ReLU -> deconv (x2) -> ReLU -> conv.
-            self.conv = nn.Conv2d(c, c, 3, 2, 1)
-            self.deconv = nn.ConvTranspose2d(c, c, 2, 2)
-            self.out = nn.Conv2d(c, c, 3, 1, 1)
-            self.align = nn.Conv2d(c, c, 1)  # alignment function of Eq. 5
+            self.context = nn.Linear(c, h)  # spatially pooled expert features -> conditioning (Eq. 3)
+            # Reconstruction network of Eq. 4: conv (stride 2) -> ReLU -> deconv (x2) -> ReLU.
+            self.conv = nn.Conv2d(h, h, 3, 2, 1)
+            self.deconv = nn.ConvTranspose2d(h, h, 2, 2)
+            self.align = nn.Conv2d(c, c, 1)  # alignment function of Eq. 5 (training only)
 
     def forward(
         self, sam: torch.Tensor, expert: torch.Tensor, keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """sam (B,Cs,h,w), expert (B,C,H,W), keep (B,1,H,W) or None -> (prompt (B,C,H,W), aligned or None)."""
+        """sam (B,Cs,h,w), expert (B,C,H,W), keep (B,1,H,W) or None ->
+        (coarse prompt (B,C,H,W), aligned prompt (B,C,H,W) in training with projection on, else None)."""
         size = expert.shape[-2:]
-        x = self.inp(F.interpolate(sam, size=size, mode="bilinear", align_corners=False))
+        x = F.interpolate(self.inp(sam), size=size, mode="bilinear", align_corners=False)  # (B, h, H, W)
         if not self.projection:
-            return x, None
+            return self.out(x), None
         if keep is not None:
-            x = x * keep
-        x = x + self.context(F.adaptive_avg_pool2d(expert, 1))  # condition on pooled expert knowledge
+            x = x * keep  # masked patches are zero (Eq. 2-3)
+        ctx = self.context(expert.mean(dim=(2, 3)))  # (B, h) pooled expert knowledge
+        x = x + ctx[:, :, None, None]
         y = F.relu(self.deconv(F.relu(self.conv(x))))[:, :, : size[0], : size[1]]
-        prompt = x + self.out(y)  # (B, C, H, W) coarse visual prompt
-        return prompt, self.align(prompt)
+        prompt = self.out(x + y)  # (B, C, H, W) coarse visual prompt
+        return prompt, (self.align(prompt) if self.training else None)
 
 
 class DomainProjection(nn.Module):

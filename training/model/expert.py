@@ -38,9 +38,9 @@ def _depth(n: int, depth: float) -> int:
 class ConvBNAct(nn.Module):
     """Conv2d -> BatchNorm2d -> SiLU, the basic YOLO unit."""
 
-    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, act: bool = True):
+    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, act: bool = True, groups: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups, bias=False)
         # YOLOv8 uses eps=1e-3, momentum=0.03 for its BatchNorms.
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)
         self.act = nn.SiLU(inplace=True) if act else nn.Identity()

@@ -80,8 +80,16 @@ class DetectionHead(nn.Module):
             nn.Sequential(ConvBNAct(c, cb, 3), ConvBNAct(cb, cb, 3), nn.Conv2d(cb, 4 * reg_max, 1))
             for c in channels
         )
+        # Region-embedding branch with depthwise-separable 3x3 convs (as YOLO11's classification branch):
+        # full 3x3 convs here cost ~5 GFLOPs at 640, which the compute budget cannot afford.
         self.region = nn.ModuleList(
-            nn.Sequential(ConvBNAct(c, cc, 3), ConvBNAct(cc, cc, 3), nn.Conv2d(cc, text_dim, 1))
+            nn.Sequential(
+                ConvBNAct(c, c, 3, groups=c),
+                ConvBNAct(c, cc, 1),
+                ConvBNAct(cc, cc, 3, groups=cc),
+                ConvBNAct(cc, cc, 1),
+                nn.Conv2d(cc, text_dim, 1),
+            )
             for c in channels
         )
         self.contrast = nn.ModuleList(ContrastiveHead() for _ in channels)

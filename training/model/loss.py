@@ -155,6 +155,8 @@ class DetectionLoss(nn.Module):
         gt_valid: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """dist (B,N,4R), logits (B,N,C), anchors (N,2), strides (N,1), padded targets -> weighted terms."""
+        # Losses in float32 even under autocast: CIoU and BCE sums are not fp16-safe.
+        dist, logits, anchors, strides = dist.float(), logits.float(), anchors.float(), strides.float()
         b, n, _ = dist.shape
         pred_boxes = dfl_decode(dist, anchors, strides)  # (B, N, 4) px
         t_boxes, t_scores, fg = self.assigner(

@@ -6,7 +6,7 @@ Data flow of one forward (joint stage), shapes for input (B,3,H,W) and C classes
     SAM (frozen)        images -> S = {s8,s16,neck} at sam_img_size
     EDP                 S, E   -> coarse prompts P_l, alignment loss     (B,C_l,H/s_l,W/s_l)
     RVP                 P_l    -> refined sparse prompts R_l, aux boxes
-    fusion              F_l = E_l + 1x1(R_l)
+    fusion              F_l = E_l + R_l
     T-V (Eq. 10)        F_l, text (B,C,D) -> text-gated F_l
     V-T (Eq. 11)        F, text -> image-aware text (B,C,D)
     head                F, text -> DFL boxes (B,N,4*16), region-text logits (B,N,C)
@@ -40,7 +40,6 @@ class RTVPNet(nn.Module):
         sam (nn.Module | None): frozen SAM image encoder (needed by ``projection``).
         projection (DomainProjection | None): EDP; ``None`` = coarse prompt is the expert feature itself.
         rvp (nn.ModuleList | None): one RefinedVisualPrompt per level.
-        fuse (nn.ModuleList): one 1x1 conv per level adding the prompt to the expert features.
         tv (nn.ModuleList | None): one TextVisualAttention per level. vt (VisualTextUpdate | None).
         update_expert (bool): train the expert in the joint stage (dynamic expert updating, Eq. 6).
         expert_lr_scale (float): coupling factor of the expert learning rate in the joint stage.
@@ -54,7 +53,6 @@ class RTVPNet(nn.Module):
         expert: nn.Module,
         head: DetectionHead,
         det_loss: DetectionLoss,
-        fuse: nn.ModuleList,
         sam: nn.Module | None = None,
         projection: DomainProjection | None = None,
         rvp: nn.ModuleList | None = None,
@@ -69,7 +67,7 @@ class RTVPNet(nn.Module):
         super().__init__()
         if projection is not None and sam is None:
             raise ValueError("domain projection needs a SAM image encoder")
-        self.expert, self.head, self.det_loss, self.fuse = expert, head, det_loss, fuse
+        self.expert, self.head, self.det_loss = expert, head, det_loss
         self.sam, self.projection, self.rvp, self.tv, self.vt = sam, projection, rvp, tv, vt
         self.update_expert, self.expert_lr_scale = update_expert, expert_lr_scale
         self.loss_gains = {"align": 1.0, "rvp": 1.0, **(loss_gains or {})}
@@ -115,14 +113,18 @@ class RTVPNet(nn.Module):
         expert_feats = [e[k] for k in self.levels]
         align = None
         if self.projection is not None:
-            prompts, align = self.projection(self.sam(images), e)
+            prompts, align = self.projection(self.sam(images), e)  # already in the expert's channel space
         else:
-            prompts = expert_feats
-        rvp_out = None
+            prompts = expert_feats  # EDP off: the expert's own features are the coarse prompt
         if self.rvp is not None:
             rvp_out = [m(p) for m, p in zip(self.rvp, prompts, strict=True)]
             prompts = [o["refined"] for o in rvp_out]
-        feats = [f + m(p) for f, m, p in zip(expert_feats, self.fuse, prompts, strict=True)]
+        else:
+            rvp_out = None
+        if self.projection is None and self.rvp is None:
+            feats = expert_feats  # no visual prompt at all
+        else:
+            feats = [f + p for f, p in zip(expert_feats, prompts, strict=True)]  # prompt-enhanced features
         if self.tv is not None:
             feats = [m(f, text) for m, f in zip(self.tv, feats, strict=True)]
         if self.vt is not None:
@@ -212,7 +214,7 @@ class RTVPNet(nn.Module):
         else:
             if self.update_expert:
                 parts["expert"] = (self.expert_lr_scale, [self.expert])
-            others = [self.head, self.fuse, self.projection, self.rvp, self.tv, self.vt]
+            others = [self.head, self.projection, self.rvp, self.tv, self.vt]
             parts["prompt"] = (1.0, [m for m in others if m is not None])
         groups = []
         for name, (scale, modules) in parts.items():

@@ -66,6 +66,11 @@ def remap_mobile_sam_checkpoint(state: Mapping[str, torch.Tensor]) -> dict[str, 
     raise ValueError(f"no MobileSAM image-encoder weights found (keys start with: {sample})")
 
 
+def _refresh_after_load(module: SamImageEncoder, _incompatible_keys) -> None:
+    # A module-level function (not a lambda) so the model stays picklable and deep-copyable (EMA).
+    module._refresh_bias_cache()
+
+
 class SamImageEncoder(nn.Module):
     """Frozen MobileSAM-T encoder returning multi-scale features.
 
@@ -99,7 +104,7 @@ class SamImageEncoder(nn.Module):
         for p in self.vit.parameters():
             p.requires_grad_(False)
         # Refresh TinyViT's eval-time attention-bias cache whenever weights are (re)loaded.
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_bias_cache())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         self.train(False)
 
     def load_checkpoint(self, path: str | Path) -> None:

@@ -71,7 +71,8 @@ class RefinedVisualPrompt(nn.Module):
 
     def forward(self, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
         """prompt (B,C,H,W) -> dict with ``refined`` (B,C,H,W), ``score`` (B,1,H,W) in (0,1),
-        ``selected`` (B,1,H,W) hard 0/1 mask (training) or weights (inference), ``boxes`` (B,4,H,W) ltrb px."""
+        ``selected`` (B,1,H,W) hard 0/1 mask (training) or weights (inference); in training also
+        ``boxes`` (B,4,H,W), the auxiliary head's l, t, r, b distances in px."""
         act = energy_activation(prompt, self.lam)
         score = torch.sigmoid(self.mlp(act))
         cand = sparse_candidates(score, self.cells)
@@ -80,9 +81,11 @@ class RefinedVisualPrompt(nn.Module):
             # Straight-through: the forward uses the 0/1 sample, the gradient reaches the score.
             select = hard + score - score.detach()
         else:
-            select = cand * score
-        ltrb = F.softplus(self.box(act)) * self.stride
-        return {"refined": act * select, "score": score, "selected": select.detach(), "boxes": ltrb}
+            select = hard = cand * score
+        out = {"refined": act * select, "score": score, "selected": hard.detach()}
+        if self.training:  # the auxiliary box head only serves the training loss
+            out["boxes"] = F.softplus(self.box(act)) * self.stride
+        return out
 
 
 def rvp_box_loss(
