@@ -40,9 +40,15 @@ def seen_checkpoint(tmp_path_factory):
     vocab = [{"name": c.name, "prompt": c.prompt} for c in GLASS_DEFECTS if c.seen]
     emb, ident = text_embeddings("random:512", [v["prompt"] for v in vocab], tmp / "cache")
     return save_checkpoint(
-        tmp / "run" / "best.pt", model, model_config=model.config, vocabulary=vocab, text_encoder="random:512",
-        text_encoder_identity=ident, preprocess=preprocess_spec_for(cfg, model),
-        provenance={"dataset": "test", "epoch": 0}, text_embeddings=emb,
+        tmp / "run" / "best.pt",
+        model,
+        model_config=model.config,
+        vocabulary=vocab,
+        text_encoder="random:512",
+        text_encoder_identity=ident,
+        preprocess=preprocess_spec_for(cfg, model),
+        provenance={"dataset": "test", "epoch": 0},
+        text_embeddings=emb,
     )
 
 
@@ -55,8 +61,23 @@ def _eval(args, capsys):
 
 def test_eval_writes_all_coco_metrics(rig_data, seen_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, cap = _eval(["--checkpoint", str(seen_checkpoint), "--data", str(rig_data["closed"]), "--out", str(out),
-                       "--device", "cpu", "--samples", "2", "--text-cache", str(tmp_path / "c")], capsys)
+    code, cap = _eval(
+        [
+            "--checkpoint",
+            str(seen_checkpoint),
+            "--data",
+            str(rig_data["closed"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--samples",
+            "2",
+            "--text-cache",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
     assert code == 0, cap.err
     report = json.loads((out / "eval.json").read_text())
     assert set(report["metrics"]) == set(METRIC_NAMES)
@@ -70,9 +91,25 @@ def test_eval_writes_all_coco_metrics(rig_data, seen_checkpoint, tmp_path, capsy
 
 def test_open_protocol_evaluates_unseen_classes_from_prompts(rig_data, seen_checkpoint, tmp_path, capsys):
     out = tmp_path / "open"
-    code, cap = _eval(["--checkpoint", str(seen_checkpoint), "--data", str(rig_data["open"]), "--classes", "unseen",
-                       "--out", str(out), "--device", "cpu", "--samples", "0", "--text-cache", str(tmp_path / "c")],
-                      capsys)
+    code, cap = _eval(
+        [
+            "--checkpoint",
+            str(seen_checkpoint),
+            "--data",
+            str(rig_data["open"]),
+            "--classes",
+            "unseen",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--samples",
+            "0",
+            "--text-cache",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
     assert code == 0, cap.err
     report = json.loads((out / "eval.json").read_text())
     assert report["classes"] == UNSEEN and report["trained_classes"] == SEEN
@@ -87,7 +124,10 @@ def test_open_protocol_evaluates_unseen_classes_from_prompts(rig_data, seen_chec
     [
         (["--data", "{data}/closed", "--checkpoint", "{tmp}/none.pt"], "none.pt: checkpoint file not found"),
         (["--data", "{tmp}/nodata", "--checkpoint", "{ckpt}"], "nodata: data set directory not found"),
-        (["--data", "{data}/closed", "--checkpoint", "{ckpt}", "--classes", "purple"], "['purple'] not in the data set"),
+        (
+            ["--data", "{data}/closed", "--checkpoint", "{ckpt}", "--classes", "purple"],
+            "['purple'] not in the data set",
+        ),
         (["--data", "{data}/closed", "--checkpoint", "{ckpt}", "--split", "test"], "test"),
     ],
 )
@@ -118,8 +158,11 @@ def _train_main(args, capsys):
 )
 def test_train_config_errors_exit_2_naming_the_key(rig_data, tmp_path, capsys, overrides, needle):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"root": str(rig_data["closed"])}, "output": {"dir": str(tmp_path)},
-                                   "device": "cpu"}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"data": {"root": str(rig_data["closed"])}, "output": {"dir": str(tmp_path)}, "device": "cpu"}
+        )
+    )
     code, cap = _train_main(["--config", str(cfg), *[o.format(tmp=tmp_path) for o in overrides]], capsys)
     assert code == 2, cap.err
     assert cap.err.startswith("rtvp-train: error:") and needle in cap.err
@@ -135,6 +178,8 @@ def test_train_names_the_broken_annotation_file(rig_data, tmp_path, capsys):
     data["annotations"][0]["bbox"] = [10, 10, -5, 3]  # negative width
     ann.write_text(json.dumps(data))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"root": str(root)}, "output": {"dir": str(tmp_path)}, "device": "cpu"}))
+    cfg.write_text(
+        yaml.safe_dump({"data": {"root": str(root)}, "output": {"dir": str(tmp_path)}, "device": "cpu"})
+    )
     code, cap = _train_main(["--config", str(cfg)], capsys)
     assert code == 2 and "train.json" in cap.err
