@@ -19,7 +19,7 @@ import onnx
 
 from export.errors import ExportError
 
-WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+LAST_LAYERS = {"Conv", "ConvTranspose", "Gemm"}
 # Blocks kept out of INT8 by default: regex on the top-level child module names of the model.
 DEFAULT_FLOAT_BLOCKS = r"(sam|image_encoder|mobilesam|tinyvit)"
 
@@ -51,23 +51,35 @@ class KeepFloat:
         return [n.name for n in model.graph.node if self.matches(n.name)]
 
 
-def graph_tail(model: onnx.ModelProto) -> list[str]:
-    """Nodes between the graph outputs and the last weighted layer (Conv/MatMul/Gemm) on every path,
-    that layer included: the score head's last projection, the sigmoid, the box decoding."""
+def node_scope(name: str) -> str:
+    """The top-level block a node belongs to: ``"/head/box.0/Conv"`` -> ``"head"``; ``"/Sigmoid"`` -> ``""``."""
+    parts = name.split("/")
+    return parts[1] if len(parts) > 2 and name.startswith("/") else ""
+
+
+def graph_tail(model: onnx.ModelProto, head_scopes: Iterable[str] = ("head",)) -> list[str]:
+    """The detection head's output path, from the graph outputs back to the last convolution on each path
+    (included): the final box and region 1x1 convs, DFL softmax/expectation, the region-text similarity, the
+    sigmoid, the box decoding.
+
+    The walk stays inside the head's scope (and unscoped top-level ops such as the final sigmoid); MatMul and
+    Einsum do not stop it, since in the head they are decoding (DFL expectation) and the score itself
+    (region-text similarity), both of which must stay float.
+    """
+    allowed = {"", *head_scopes}
     producer = {out: n for n in model.graph.node for out in n.output}
     inits = {i.name for i in model.graph.initializer}
     tail: dict[str, None] = {}
     stack = [o.name for o in model.graph.output]
     seen: set[str] = set()
     while stack:
-        tensor = stack.pop()
-        node = producer.get(tensor)
-        if node is None or node.name in seen:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen or node_scope(node.name) not in allowed:
             continue
         seen.add(node.name)
         tail[node.name] = None
-        if node.op_type in WEIGHTED:
-            continue  # the last weighted layer on this path: included, nothing before it
+        if node.op_type in LAST_LAYERS:
+            continue  # the last learned layer on this path: included, nothing before it
         stack.extend(i for i in node.input if i and i not in inits)
     return list(tail)
 
@@ -89,7 +101,12 @@ def keep_float_policy(
     keep = KeepFloat()
     tail = graph_tail(model)
     keep.names = tail
-    keep.reasons.append(f"graph tail ({len(tail)} nodes): final score/box layers, sigmoid, box decoding")
+    by_name = {n.name: n for n in model.graph.node}
+    convs = sorted(n for n in tail if by_name[n].op_type in LAST_LAYERS)
+    keep.reasons.append(
+        f"head output path ({len(tail)} nodes): final layers {', '.join(convs[:8])}"
+        f"{' ...' if len(convs) > 8 else ''}; region-text scores, sigmoid, DFL box decoding"
+    )
     names = {n.name for n in model.graph.node}
 
     def prefix_of(block: str) -> str:

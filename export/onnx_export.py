@@ -9,8 +9,10 @@ OpenVINO >= 2022.1 and TensorRT >= 8.6.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -20,6 +22,32 @@ from export.errors import ExportError
 
 OPSET = 17
 IMAGES, EMBEDDINGS, BOXES, SCORES = "images", "text_embeddings", "boxes", "scores"
+
+
+@contextlib.contextmanager
+def trace_friendly_batch() -> Iterator[None]:
+    """Keep the batch axis dynamic through mobile_sam's TinyViT while tracing.
+
+    ``PatchMerging.forward`` reads the batch size with ``len(x)``, a Python int the tracer records as a
+    constant, so a graph traced at batch 2 fails at any other batch. Inside this context the module's ``len``
+    resolves to ``x.shape[0]``, which the tracer records as a Shape op. Nothing else changes; the original
+    lookup (the builtin) is restored on exit.
+    """
+    try:
+        from mobile_sam.modeling import tiny_vit_sam
+    except ImportError:
+        yield
+        return
+    had_own = "len" in vars(tiny_vit_sam)
+    previous = vars(tiny_vit_sam).get("len")
+    tiny_vit_sam.len = lambda x: x.shape[0] if isinstance(x, torch.Tensor) else len(x)
+    try:
+        yield
+    finally:
+        if had_own:
+            tiny_vit_sam.len = previous
+        else:
+            del tiny_vit_sam.len
 
 
 def export_onnx(
@@ -51,7 +79,7 @@ def export_onnx(
         dynamic[SCORES] = {0: "batch", 2: "classes"}
     else:
         args, names = (images,), [IMAGES]
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), trace_friendly_batch():
         # The TorchScript exporter is deprecated in favour of torch.export; its warning is not actionable here.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

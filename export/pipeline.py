@@ -390,8 +390,15 @@ def export_bundle(
                 accuracy_guard(fp32, q, options.max_ap_drop, options.force, eval_set.describe())
             t = stage_done("accuracy", t)
 
+            # Golden outputs of the artifact the line runs (the bundle's primary backend): the runtime's
+            # self-test compares its backend's outputs with them. Other artifacts were parity-checked above.
             golden = write_golden(
-                tmp, check_images[: options.golden_count], runners, spec, class_names, thresholds
+                tmp,
+                check_images[: options.golden_count],
+                {primary: runners[primary]},
+                spec,
+                class_names,
+                thresholds,
             )
             t = stage_done("golden", t)
 
@@ -553,10 +560,15 @@ def runner_for(bundle_dir: Path, manifest: BundleManifest, artifact: Artifact):
 
 
 def verify_bundle(bundle_dir: str | os.PathLike, manifest: BundleManifest | None = None) -> dict[str, int]:
-    """Hashes (``load_manifest``) and the golden self-test of every artifact. Returns samples per backend."""
+    """Hashes (``load_manifest``) and the golden self-test of every artifact that has golden samples (the
+    primary one). Returns golden samples checked per backend."""
     bundle_dir = Path(bundle_dir)
     manifest = manifest or load_manifest(bundle_dir)
+    with_golden = {g.backend for g in manifest.golden}
+    if not with_golden:
+        raise ExportError(f"bundle {bundle_dir} has no golden samples")
     return {
         a.backend: check_golden(bundle_dir, manifest, a.backend, runner_for(bundle_dir, manifest, a))
         for a in manifest.artifacts
+        if a.backend in with_golden or None in with_golden
     }

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from export.errors import ExportError
-from export.golden import match_golden
 from rtvp_edge.bundle import Thresholds
+from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
 
@@ -26,6 +26,7 @@ def parity(
     name: str,
     score_atol: float = 1e-3,
     box_atol: float = 0.05,
+    min_agreement: float = 0.9,
 ) -> dict:
     """Compare ``candidate`` against ``reference`` on one batch of all images (so a dynamic batch is
     exercised), raw outputs and decoded detections.
@@ -33,10 +34,11 @@ def parity(
     Args:
         images_bgr: camera images, each (H, W, 3) uint8 BGR.
         score_atol: allowed absolute score difference (raw and decoded).
-        box_atol: allowed absolute box difference in model-input pixels (raw); decoded boxes in camera
-            pixels get ``box_atol / letterbox scale`` plus a pixel.
+        box_atol: allowed absolute box difference in model-input pixels (raw outputs).
+        min_agreement: least share of decoded detections matched one-to-one (``match_detections``). Raw
+            outputs are the strict check; near-tied boxes of an untrained model can swap under NMS.
     Returns:
-        ``{"images", "max_score_diff", "max_box_diff", "detections"}`` for the manifest.
+        ``{"images", "max_score_diff", "max_box_diff", "detections", "detection_agreement"}``.
     Raises:
         ExportError naming the artifact when a tolerance is exceeded.
     """
@@ -53,7 +55,7 @@ def parity(
             f"{name}: outputs differ from PyTorch (max score diff {ds:.2e} > {score_atol:g} or "
             f"max box diff {db:.2e} px > {box_atol:g})"
         )
-    n_dets = 0
+    matched = total = 0
     for i, lb in enumerate(lbs):
         ref = decode_detections(
             rb[i], rs[i], lb, class_names, thresholds.score, thresholds.iou, thresholds.max_detections
@@ -61,14 +63,47 @@ def parity(
         got = decode_detections(
             cb[i], cs[i], lb, class_names, thresholds.score, thresholds.iou, thresholds.max_detections
         )
-        expected = [
-            {"class_id": d.class_id, "class_name": d.class_name, "score": d.score, "box": list(d.box)}
-            for d in ref
-        ]
-        problems = match_golden(expected, got, score_atol, box_atol / lb.scale + 1.0, thresholds.score)
-        if problems:
-            raise ExportError(
-                f"{name}: detections differ from PyTorch on image {i}: " + "; ".join(problems[:3])
-            )
-        n_dets += len(ref)
-    return {"images": len(images_bgr), "max_score_diff": ds, "max_box_diff": db, "detections": n_dets}
+        m = match_detections(ref, got)
+        matched += m
+        total += max(len(ref), len(got))
+    agreement = matched / total if total else 1.0
+    if agreement < min_agreement:
+        raise ExportError(
+            f"{name}: decoded detections agree with PyTorch's on only {matched} of {total} "
+            f"({agreement:.0%} < {min_agreement:.0%})"
+        )
+    return {
+        "images": len(images_bgr),
+        "max_score_diff": ds,
+        "max_box_diff": db,
+        "detections": total,
+        "detection_agreement": round(agreement, 4),
+    }
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_detections(reference: Sequence[Detection], candidate: Sequence[Detection], iou: float = 0.5) -> int:
+    """Greedy one-to-one matches (same class, IoU >= ``iou``), highest reference score first.
+
+    IoU rather than exact coordinates: when two overlapping boxes score almost the same, a difference in the
+    last bits decides which one NMS keeps; either is the same detection of the same defect.
+    """
+    free = list(candidate)
+    n = 0
+    for r in sorted(reference, key=lambda d: -d.score):
+        best, best_iou = None, iou
+        for c in free:
+            if c.class_id == r.class_id and (v := box_iou(r.box, c.box)) >= best_iou:
+                best, best_iou = c, v
+        if best is not None:
+            free.remove(best)
+            n += 1
+    return n

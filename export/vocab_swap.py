@@ -79,7 +79,13 @@ def swap_vocabulary(
             if img is None:
                 raise ExportError(f"golden image {tmp / rel} cannot be read")
             images.append(img)
-        runners = {a.backend: runner_for(tmp, draft, a) for a in manifest.artifacts}
+        # Golden outputs only for the artifacts that had them (the bundle's primary backend).
+        with_golden = {g.backend for g in manifest.golden}
+        runners = {
+            a.backend: runner_for(tmp, draft, a)
+            for a in manifest.artifacts
+            if a.backend in with_golden or None in with_golden
+        }
         golden = write_golden(
             tmp, images, runners, manifest.preprocess.spec(), [c.name for c in classes], manifest.thresholds
         )

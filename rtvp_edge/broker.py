@@ -58,6 +58,12 @@ class EmbeddedBroker:
                     f"embedded MQTT broker cannot listen on {self.host}:{self.port}: {exc} "
                     "(another broker running? set mqtt.port or use broker: external)"
                 ) from exc
+        # amqtt and its state machine library log every session transition at INFO: too chatty for
+        # the runtime's log. Only quieten loggers nobody configured explicitly.
+        for name in ("amqtt", "transitions"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._run, name="embedded-mqtt-broker", daemon=True)
         self._thread.start()
         if not self._started.wait(self.start_timeout):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import ssl
 import sys
 import time
@@ -122,8 +123,9 @@ def run_listen(
 
     Args:
         mqtt_config: broker address, TLS and credentials (the line configuration's ``mqtt:`` section).
-        topic_root: a station's root (``rtvp/plant1/glass/st1``) or a filter with wildcards
-            (``rtvp/+/+/+`` for every station).
+        topic_root: a station's root (``rtvp/plant1/glass/st1``, see ``MqttConfig.station_root``), a
+            filter with wildcards (``rtvp/+/+/+`` for every station), or the unfilled template
+            (``{site}``-style placeholders become ``+``).
         out: where lines go.
         max_messages: stop after this many messages (None: run until interrupted).
         timeout: stop after this many seconds (None: no limit).
@@ -140,7 +142,8 @@ def run_listen(
     answer: dict[str, Any] = {}
     client_id = f"{mqtt_config.client_id or 'rtvp'}-listen-{uuid.uuid4().hex[:8]}"
     client = build_client(mqtt_config, client_id)
-    topic_filter = topic_root.rstrip("/") + "/#"
+    # An unfilled template ("rtvp/{site}/{line}/{station}") listens to every station it could name.
+    topic_filter = re.sub(r"\{[a-z_]+\}", "+", topic_root).rstrip("/") + "/#"
 
     def on_connect(c, userdata, flags, reason_code, properties):
         answer["reason"] = reason_code

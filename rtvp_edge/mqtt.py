@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from rtvp_edge.events import (
     ModelInfo,
@@ -75,6 +75,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths resolve against ``context["base_dir"]`` when the caller validates with one
+    (the line-config loader passes the line file's directory), else they stay as written."""
+    if value is None or value.is_absolute() or str(value) == ":memory:":
+        return value
+    base = (info.context or {}).get("base_dir")
+    return Path(base) / value if base is not None else value
+
+
 class TlsConfig(_Strict):
     """TLS towards the broker.
 
@@ -90,6 +99,8 @@ class TlsConfig(_Strict):
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+
+    _paths = field_validator("ca", "cert", "key")(_against_base_dir)
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> TlsConfig:
@@ -114,6 +125,8 @@ class OutboxConfig(_Strict):
     max_bytes: int | None = Field(None, ge=1024)
     when_full: Literal["drop_oldest", "refuse"] = "drop_oldest"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    _paths = field_validator("path")(_against_base_dir)
 
 
 class MqttConfig(_Strict):
@@ -204,6 +217,10 @@ class MqttConfig(_Strict):
             )
         outbox = self.outbox.model_copy(update={"path": fix(self.outbox.path) or self.outbox.path})
         return self.model_copy(update={"tls": tls, "outbox": outbox})
+
+    def station_root(self, station: StationIds) -> str:
+        """The topic root of ``station`` (``topic_root`` with its placeholders filled)."""
+        return topic_root(self.topic_root, station)
 
     def password(self) -> str | None:
         """The password from the environment variable ``password_env`` (None without one)."""
@@ -355,10 +372,7 @@ class EventPublisher:
         client = self._client
         client.max_inflight_messages_set(self.config.max_inflight + 16)  # + status/metrics
         client.max_queued_messages_set(0)
-        will = status_payload(
-            "offline", self.station, self.model, self.client_id, "connection lost (last will)"
-        )
-        client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        self._arm_will()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -369,9 +383,10 @@ class EventPublisher:
             client.connect(host, port, keepalive=self.config.keepalive)
         except ssl.SSLError as exc:
             self._state = f"refused: TLS: {exc}"
-            raise MqttConnectError(
+            self._error = MqttConnectError(
                 f"TLS handshake with MQTT broker {host}:{port} failed: {exc} ({_tls_hint(exc)})"
-            ) from exc
+            )
+            raise self._error from exc
         except (TimeoutError, OSError) as exc:
             # Not fatal: a line must start (and buffer) while the broker is down or still booting.
             self._state = f"connecting (broker {host}:{port} unreachable: {exc}); retrying"
@@ -467,6 +482,15 @@ class EventPublisher:
                 "last_seq": self.outbox.last_seq,
             },
         )
+
+    def _arm_will(self) -> None:
+        """(Re)set the Last Will before each connection attempt: a fresh event id per connection, so a
+        consumer de-duplicating on event ids does not drop the will of a later death. Its ``ts`` is when
+        the connection was set up (the broker publishes the will verbatim)."""
+        will = status_payload(
+            "offline", self.station, self.model, self.client_id, "connection lost (last will)"
+        )
+        self._client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
 
     def _shutdown_client(self) -> None:
         self._stopping = True
@@ -579,6 +603,8 @@ class EventPublisher:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
+        if not self._stopping:
+            self._arm_will()  # paho reconnects from this thread after the callback returns
         if not self._stopping and self._error is None:
             if self._connects == 0:
                 # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.

@@ -27,7 +27,7 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     result = {}
     listener = threading.Thread(
         target=lambda: result.setdefault(
-            "n", run_listen(cfg, "rtvp/+/+/+", out=out, max_messages=8, timeout=20)
+            "n", run_listen(cfg, cfg.topic_root, out=out, max_messages=8, timeout=20)
         )
     )
     listener.start()
@@ -38,6 +38,8 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     pub.publish_verdict(make_verdict(0))  # OK: 1 message
     pub.publish_verdict(make_verdict(2))  # NG with 2 defects: 3 messages
     pub.publish_verdict(make_verdict(3, n_defects=0, incomplete=True))  # 1 message
+    while pub.outbox_depth():  # metrics (QoS 0, not queued) would otherwise overtake queued verdicts
+        time.sleep(0.01)
     pub.publish_metrics({"parts_per_s": 4.91, "cameras": {"L1": {"fps": 5.0, "dropped": 0}}})  # 1
     pub.stop(flush_timeout=5)  # status offline: 1 -> 8 in all
     listener.join(timeout=30)

@@ -63,3 +63,17 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path):
         resolved.check_files()
     absolute = MqttConfig(outbox={"path": "/var/lib/rtvp/o.sqlite"}).resolve_paths(tmp_path)
     assert absolute.outbox.path == Path("/var/lib/rtvp/o.sqlite")
+
+
+def test_loader_context_resolves_relative_paths(tmp_path):
+    """The line-config loader validates with context={"base_dir": <line file dir>}."""
+    section = {"broker": "external", "tls": {"ca": "certs/ca.pem"}, "outbox": {"path": "var/o.sqlite"}}
+    cfg = MqttConfig.model_validate(section, context={"base_dir": tmp_path})
+    assert cfg.outbox.path == tmp_path / "var/o.sqlite" and cfg.tls.ca == tmp_path / "certs/ca.pem"
+    assert MqttConfig.model_validate(section).outbox.path == Path("var/o.sqlite")
+
+
+def test_station_root():
+    from rtvp_edge.events import StationIds
+
+    assert MqttConfig().station_root(StationIds("p", "l", "s")) == "rtvp/p/l/s"

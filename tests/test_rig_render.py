@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -161,16 +162,22 @@ def test_small_defects_dominate_but_stay_visible():
             if not gts:
                 continue
             clean, _ = render_view(CFG, _with_defects(cv.spec), v)
+            # what a detector with a ~448 px input sees: the image at 0.55 scale
+            s = 0.55
+            small_img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA).astype(int)
+            small_clean = cv2.resize(clean, None, fx=s, fy=s, interpolation=cv2.INTER_AREA).astype(int)
             for g in gts:
-                x1, y1, x2, y2 = (int(round(c)) for c in g.box)
+                x1, y1, x2, y2 = g.box
                 sizes.append(np.sqrt((x2 - x1) * (y2 - y1)))
                 if g.clear:
-                    diff = np.abs(img[y1:y2, x1:x2].astype(int) - clean[y1:y2, x1:x2].astype(int)).max()
-                    contrasts.append(diff)
-    sizes = np.array(sizes)
+                    x1, y1, x2, y2 = (int(round(c * s)) for c in g.box)
+                    win = (slice(y1, y2 + 1), slice(x1, x2 + 1))
+                    contrasts.append(np.abs(small_img[win] - small_clean[win]).max())
+    sizes, contrasts = np.array(sizes), np.array(contrasts)
     assert (sizes < 32).mean() > 0.6  # COCO small dominates
-    assert 8 <= np.median(sizes) <= 40  # ... but a detector at ~0.55 scale can still see them
-    assert np.median(contrasts) >= 40
+    assert 8 <= np.median(sizes) <= 40  # most defects 10-40 px
+    # ... and still visible at the detector's scale: >= 20 grey levels for nearly every clear defect
+    assert (contrasts >= 20).mean() >= 0.9 and np.median(contrasts) >= 40
 
 
 @pytest.mark.parametrize("cls", [c.name for c in GLASS_DEFECTS])

@@ -93,7 +93,9 @@ def container_profile(shape: str, image_size: tuple[int, int]) -> ContainerProfi
     radius = np.interp(height_above, pts[:, 0], pts[:, 1], left=0.0, right=0.0)
     inside = (height_above >= 0) & (height_above <= pts[-1, 0])
     # Round the shoulder and heel: a short Gaussian along the rows, re-masked to the glass.
-    k = np.exp(-0.5 * (np.arange(-9, 10) / (3.0 * scale)) ** 2)
+    sigma = 6.0 * scale
+    half = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     radius = np.convolve(radius, k / k.sum(), mode="same") * inside
     top_row = int(np.ceil(base_row - pts[-1, 0]))
     base = int(np.floor(base_row))
@@ -101,7 +103,7 @@ def container_profile(shape: str, image_size: tuple[int, int]) -> ContainerProfi
     # The finish/neck: from the top down to where the radius first reaches 60 % of the body radius.
     body = np.nonzero(radius >= 0.6 * rmax)[0]
     finish_row = int(body[0])
-    heel_margin = int(round(14 * scale))
+    heel_margin = int(round(30 * scale))  # above the thick, dark heel
     # Defects go on the body and the lower shoulder (radius >= 75 % of the body), not the neck or heel.
     insp = body[(body <= base - heel_margin) & (radius[body] >= 0.75 * rmax)]
     return ContainerProfile(

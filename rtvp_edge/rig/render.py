@@ -32,7 +32,7 @@ from rtvp_edge.rig.geometry import (
 )
 from rtvp_edge.vocabulary import GLASS_DEFECTS, DefectClass
 
-GENERATOR_VERSION = "rig-1.0"
+GENERATOR_VERSION = "rig-1.1"  # bump whenever the rendered pixels or boxes change
 
 # Glass transmission per unit wall path, BGR. Amber cuts blue, green cuts red and blue.
 TINTS: dict[str, tuple[float, float, float]] = {
@@ -339,13 +339,17 @@ def _glass_template(shape: str, tint: str, image_size: tuple[int, int]) -> np.nd
     edge = edge * edge * (3 - 2 * edge)
     factor = (1.0 - 0.82 * edge) * (1.0 + 0.05 * np.exp(-((s / 0.3) ** 2)))
     # Slope of the wall (shoulder, heel, finish) bends light away too: darker where the radius changes.
-    slope = np.abs(np.gradient(radius))[:, None]
+    # (smoothed along the rows: the profile is piecewise linear, the glass is not)
+    sig = 10.0 * prof.scale
+    kk = np.exp(-0.5 * (np.arange(-int(3 * sig), int(3 * sig) + 1) / sig) ** 2)
+    slope = np.convolve(np.abs(np.gradient(radius)), kk / kk.sum(), mode="same")[:, None]
     factor *= 1.0 - np.clip(1.6 * slope, 0, 0.55)
     rows = np.arange(ph)[:, None] - _PAD
     heel = np.clip((prof.base_row - rows) / (18.0 * prof.scale), 0, 1)  # thick base glass
     factor *= 0.45 + 0.55 * heel
-    finish = (rows < prof.finish_row) & (rows >= prof.top_row)
-    factor *= np.where(finish, 0.8, 1.0)
+    # the neck and finish are thick-walled: darker, fading in over a few rows below the neck
+    neck = np.clip((prof.finish_row - rows) / (20.0 * prof.scale) + 0.5, 0, 1)
+    factor *= 1.0 - 0.2 * neck
     glass = img * trans * factor[..., None]
     # Specular streaks of the light source: narrow bright vertical bands fixed relative to the camera.
     spec = 55.0 * np.exp(-(((s + 0.62) / 0.035) ** 2)) + 25.0 * np.exp(-(((s - 0.46) / 0.05) ** 2))

@@ -100,7 +100,12 @@ def plot_statistics(splits: dict[str, CocoSplit], out_png: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax_c, ax_s, ax_wh) = plt.subplots(1, 3, figsize=(17, 5))
-    names = sorted({n for ds in splits.values() for n in ds.class_names})
+    # classes in descending order of their total count, as the papers' Fig. 6 (long-tail view)
+    total: dict[str, int] = {}
+    for ds in splits.values():
+        for n, c in ds.class_counts().items():
+            total[n] = total.get(n, 0) + c
+    names = sorted(total, key=lambda n: (-total[n], n))
     x = np.arange(len(names))
     width = 0.8 / max(len(splits), 1)
     for j, (split, ds) in enumerate(splits.items()):
