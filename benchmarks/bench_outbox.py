@@ -9,7 +9,8 @@ Measured (each: from the first publish until the broker acknowledged the last ev
 - bare paho: ``client.publish(qos=1)`` of the same payloads, in-flight window as the publisher's;
 - EventPublisher, outbox synchronous=FULL / NORMAL: ``publish_verdict`` per part (OK parts: one event
   each) until the outbox is empty (every event acknowledged and deleted);
-- outbox append alone (no network), FULL / NORMAL: the cost the pipeline thread pays per verdict.
+- outbox append alone (no network), FULL / NORMAL: the cost the pipeline thread pays per verdict;
+- latency from ``publish_verdict`` to a subscriber receiving the verdict at a paced 50 verdicts/s.
 """
 
 from __future__ import annotations
@@ -77,6 +78,49 @@ def through_outbox(broker: MosquittoBroker, n: int, workdir: Path, synchronous: 
     return elapsed
 
 
+def paced_latency(
+    broker: MosquittoBroker, workdir: Path, synchronous: str, rate_hz: float, n: int
+) -> list[float]:
+    """Per-event latency (ms) from calling ``publish_verdict`` to a subscriber receiving it, at a line-like rate."""
+    received: dict[int, float] = {}
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{synchronous}")
+    sub.on_message = lambda c, u, m: received.setdefault(json.loads(m.payload)["seq"], time.perf_counter())
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.subscribe("rtvp/bench/+/+/verdict", qos=1)
+    sub.loop_start()
+    subscribed.wait(10)
+    cfg = MqttConfig(
+        broker="external",
+        host=broker.host,
+        port=broker.port,
+        client_id=f"bench-paced-{synchronous}",
+        outbox={"path": workdir / f"paced-{synchronous}.sqlite", "synchronous": synchronous},
+    )
+    pub = EventPublisher(cfg, STATION, MODEL_INFO).start()
+    sent: dict[int, float] = {}
+    period = 1.0 / rate_hz
+    next_t = time.perf_counter()
+    for i in range(n):
+        next_t += period
+        time.sleep(max(0.0, next_t - time.perf_counter()))
+        t = time.perf_counter()
+        (seq,) = pub.publish_verdict(make_verdict(i, n_defects=0))
+        sent[seq] = t
+    deadline = time.perf_counter() + 10
+    while len(received) < n and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    pub.stop(flush_timeout=1)
+    sub.disconnect()
+    sub.loop_stop()
+    return sorted((received[s] - t) * 1000 for s, t in sent.items() if s in received)
+
+
+def _pct(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
+
+
 def append_only(n: int, workdir: Path, synchronous: str) -> float:
     model = ModelInfo.model_validate(MODEL_INFO)
     batches = [verdict_events(make_verdict(i, n_defects=0), STATION, model, "r") for i in range(n)]
@@ -115,6 +159,7 @@ def main() -> int:
                 ("outbox append only (FULL), no network", append_only(n, workdir, "FULL")),
                 ("outbox append only (NORMAL), no network", append_only(n, workdir, "NORMAL")),
             ]
+            latencies = {sync: paced_latency(broker, workdir, sync, 50.0, 250) for sync in ("FULL", "NORMAL")}
         finally:
             broker.stop()
     base = n / rows[0][1]
@@ -128,6 +173,17 @@ def main() -> int:
     for name, elapsed in rows:
         rate = n / elapsed
         lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f} |")
+    lines += [
+        "",
+        "Latency from `publish_verdict` to a subscriber receiving the verdict, 250 verdicts paced at 50/s:",
+        "",
+        "| outbox synchronous | received | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for sync, ms in latencies.items():
+        lines.append(
+            f"| {sync} | {len(ms)}/250 | {_pct(ms, 0.5):.1f} | {_pct(ms, 0.99):.1f} | {ms[-1]:.1f} |"
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -38,6 +39,36 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+
+def _exclusive_lock(path: Path):
+    """Hold ``<path>.lock`` exclusively while the outbox is open.
+
+    Two processes draining one outbox would send every event twice and interleave their order (e.g.
+    a second ``rtvp-edge run`` started by hand beside the service). The kernel drops the lock when
+    the process dies, SIGKILL included, so a restart never finds a stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard
+        return None
+    lock_path = Path(f"{path}.lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 - kept open for the outbox's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise OutboxError(
+            f"outbox {path} is in use by another process (pid {owner}); one runtime per outbox "
+            "(is this station already running?)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 class OutboxError(RuntimeError):
@@ -111,6 +142,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.when_full = when_full
         self._lock = threading.RLock()
+        self._lock_file = None
         if self.path != ":memory:":
             p = Path(self.path)
             if p.is_dir():
@@ -121,6 +153,7 @@ class Outbox:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutboxError(f"cannot create the outbox directory {p.parent}: {exc}") from exc
+            self._lock_file = _exclusive_lock(p)
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves.
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -151,7 +184,11 @@ class Outbox:
             row = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events"
             ).fetchone()
+        except OutboxError:
+            self._release_lock()
+            raise
         except sqlite3.DatabaseError as exc:
+            self._release_lock()
             raise OutboxError(
                 f"cannot open the outbox database {self.path}: {exc} "
                 "(move the file aside to start with an empty outbox; its unsent events are in it)"
@@ -308,6 +345,12 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
 
     def __enter__(self) -> Outbox:
         return self

@@ -15,7 +15,7 @@ USERS = {"line7": "s3cret-pw", "mes": "mes-pw"}
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory):
     """One TLS + password Mosquitto for the module (making a CA costs a little)."""
-    from tests.conftest import MosquittoBroker, find_mosquitto, make_test_ca
+    from tests.mqtt_broker import MosquittoBroker, find_mosquitto, make_test_ca
 
     binary = find_mosquitto()
     if binary is None:

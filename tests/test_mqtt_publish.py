@@ -282,3 +282,58 @@ def test_full_outbox_drops_oldest_loudly(mosquitto, tmp_path, caplog):
     assert collector.payloads("metrics")[0]["metrics"]["outbox_dropped_total"] == 3
     online = [p for p in collector.payloads("status") if p["state"] == "online"][-1]
     assert online["outbox_dropped_total"] == 3
+
+
+def _read_packet(conn) -> tuple[int, bytes]:
+    """One MQTT control packet: (packet type, body)."""
+    header = conn.recv(1)
+    if not header:
+        raise ConnectionError("closed")
+    length, shift = 0, 0
+    while True:  # variable-length "remaining length"
+        byte = conn.recv(1)[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = b""
+    while len(body) < length:
+        body += conn.recv(length - len(body))
+    return header[0] >> 4, body
+
+
+def test_in_flight_window_is_bounded(tmp_path):
+    """Against a 'broker' that accepts the connection but never acknowledges, the publisher puts at most
+    max_inflight events on the wire, and keeps the rest in the outbox."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    publishes = []
+
+    def silent_broker():
+        conn, _ = server.accept()
+        conn.settimeout(2.0)
+        assert _read_packet(conn)[0] == 1  # CONNECT
+        conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK, accepted
+        try:
+            while True:
+                kind, body = _read_packet(conn)
+                if kind == 3:  # PUBLISH: topic length (2 bytes) + topic
+                    publishes.append(body[2 : 2 + int.from_bytes(body[:2], "big")].decode())
+        except (TimeoutError, ConnectionError, IndexError):
+            conn.close()
+
+    thread = threading.Thread(target=silent_broker, daemon=True)
+    thread.start()
+    cfg = MqttConfig(broker="external", port=port, max_inflight=4, outbox={"path": tmp_path / "o.sqlite"})
+    pub = EventPublisher(cfg, STATION, MODEL_INFO).start()
+    for i in range(10):
+        pub.publish_verdict(make_verdict(i, n_defects=0))
+    thread.join(timeout=10)
+    events = [t for t in publishes if not t.endswith("/status")]
+    assert len(events) == 4 and pub.outbox_depth() == 10
+    pub.stop(flush_timeout=0.1)
+    server.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +100,19 @@ def test_uses_wal_and_full_sync(tmp_path):
     other = sqlite3.connect(path)
     assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
     other.close()
+
+
+def test_one_process_per_outbox(tmp_path):
+    path = tmp_path / "o.sqlite"
+    first = Outbox(path)
+    script = (
+        "import sys; sys.path.insert(0, '.');"
+        "from rtvp_edge.outbox import Outbox, OutboxError\n"
+        f"try:\n    Outbox({str(path)!r})\nexcept OutboxError as e:\n    print(e); sys.exit(3)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "in use by another process" in result.stdout and str(os.getpid()) in result.stdout
+    first.close()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -144,6 +144,17 @@ def _opened(cam):
     return cam
 
 
+def test_a_subset_of_the_cameras():
+    rig = SimulatedRig(CFG, camera_ids=("top", "back"), views=(1, 4), n_containers=2, realtime=False)
+    f_top = _opened(rig.camera("top")).read(1.0)
+    f_back = _opened(rig.camera("back")).read(1.0)
+    full = render_container(CFG, 0)
+    assert (f_top.view_index, f_back.view_index) == (1, 4)
+    assert np.array_equal(f_top.image, full[1][0]) and np.array_equal(f_back.image, full[4][0])
+    with pytest.raises(ValueError, match="views"):
+        SimulatedRig(CFG, camera_ids=("a", "b"), views=(1, 9))
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="line_rate_hz"):
         SimulatedRig(CFG, line_rate_hz=0)

@@ -50,6 +50,8 @@ class SimulatedRig:
         turn_delay_s: time between the left-bank and the right-bank shots of one container; default
             half a trigger period, at most 0.25 s.
         cache_size: containers kept sampled for cameras that lag behind the others.
+        views: view index of each camera id (default 0..n_views-1 in order); a subset of the six views
+            runs fewer cameras.
     """
 
     def __init__(
@@ -62,11 +64,22 @@ class SimulatedRig:
         realtime: bool = True,
         turn_delay_s: float | None = None,
         cache_size: int = 64,
+        views: tuple[int, ...] | None = None,
     ) -> None:
         if not line_rate_hz > 0:
             raise ValueError(f"line_rate_hz must be > 0, got {line_rate_hz!r}")
-        if len(camera_ids) != config.n_views:
-            raise ValueError(f"camera_ids needs {config.n_views} ids (one per view), got {list(camera_ids)}")
+        if views is None:
+            if len(camera_ids) != config.n_views:
+                raise ValueError(
+                    f"camera_ids needs {config.n_views} ids (one per view), got {list(camera_ids)}; "
+                    "pass views= to run a subset of the cameras"
+                )
+            views = tuple(range(config.n_views))
+        views = tuple(views)
+        if len(views) != len(camera_ids):
+            raise ValueError(f"views {list(views)} needs one view index per camera id {list(camera_ids)}")
+        if len(set(views)) != len(views) or not all(0 <= v < config.n_views for v in views):
+            raise ValueError(f"views {list(views)} must be distinct view indices in 0..{config.n_views - 1}")
         if len(set(camera_ids)) != len(camera_ids):
             raise ValueError(f"camera_ids must be unique, got {list(camera_ids)}")
         if n_containers is not None and n_containers < 0:
@@ -92,7 +105,7 @@ class SimulatedRig:
         self._drops: set[tuple[str, int]] = set()
         self.frames_rendered = 0
         self.containers_sampled = 0
-        self._cameras = [SimulatedCamera(self, cid, v) for v, cid in enumerate(camera_ids)]
+        self._cameras = [SimulatedCamera(self, cid, v) for cid, v in zip(camera_ids, views, strict=True)]
 
     # -- the line -------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -68,7 +68,6 @@ class ModelConfig:
     assign_beta: float = 6.0
     # Weights of the frozen MobileSAM encoder (mobile_sam.pt); None = random init (warned).
     sam_checkpoint: str | None = None
-    extra: dict = field(default_factory=dict, repr=False)  # reserved, must stay empty
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -86,8 +85,6 @@ class ModelConfig:
                 setattr(self, f.name, float(v))
             if t.startswith("str") and not isinstance(v, str):
                 raise ValueError(f"model.{f.name}: expected a string, got {v!r}")
-        if self.extra:
-            raise ValueError(f"model.extra must be empty, got keys {sorted(self.extra)}")
         if self.variant not in MODEL_REGISTRY:
             raise ValueError(f"model.variant: unknown {self.variant!r}, choose from {sorted(MODEL_REGISTRY)}")
         for name in ("img_size", "sam_img_size"):
@@ -121,13 +118,11 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known - {'extra'})}")
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extra")
-        return d
+        return dataclasses.asdict(self)
 
     def resolved(self) -> ModelConfig:
         """Copy with the variant's literal sizes filled in where this config leaves ``None``."""
