@@ -46,6 +46,7 @@ from rtvp_edge.bundle import (
     sha256_file,
     write_manifest,
 )
+from rtvp_edge.preprocess import preprocess
 
 log = logging.getLogger("rtvp_export")
 
@@ -165,7 +166,7 @@ def _verification_images(
         return images
     paths: list[Path] = []
     if eval_set is not None:
-        paths = [p for _, p in eval_set.images[:count]]
+        paths = [rec.path for rec in eval_set.images[:count]]
     elif calib is not None:
         paths = list(calib.paths[:count])
     images = [img for p in paths if (img := cv2.imread(str(p), cv2.IMREAD_COLOR)) is not None]
@@ -504,45 +505,30 @@ def _recompress_fp16(xml: Path) -> None:
 
 
 def _accuracy_control(eval_set: EvalSet | None, spec, class_names, feed_emb, max_ap_drop: float):
-    """Validation samples and function for ``nncf.quantize_with_accuracy_control`` (AP50 in [0, 1])."""
+    """Validation samples and function for ``nncf.quantize_with_accuracy_control`` (AP50 in [0, 1]),
+    computed exactly like the accuracy guard (``export.accuracy``)."""
     import cv2
 
-    from export.accuracy import coco_metrics
-    from rtvp_edge.postprocess import decode_detections
-    from rtvp_edge.preprocess import preprocess
+    from export.accuracy import coco_metrics, predict
 
     if eval_set is None:
         raise ExportError("--accuracy-control needs held-out annotated images: pass --eval-data DATASET")
-    samples, geometry = [], []
-    for image_id, path in eval_set.images:
-        batch, (lb,) = preprocess([cv2.imread(str(path), cv2.IMREAD_COLOR)], spec)
-        samples.append(batch[0])
-        geometry.append((image_id, lb))
+    samples = [
+        preprocess([cv2.imread(str(rec.path), cv2.IMREAD_COLOR)], spec)[0][0] for rec in eval_set.images
+    ]
 
-    def validate(compiled_model, data) -> float:
-        results = []
+    def validate(compiled_model, data) -> float:  # noqa: ARG001 - ``data`` holds the same images as eval_set
         out_boxes, out_scores = compiled_model.output("boxes"), compiled_model.output("scores")
-        for (image_id, lb), item in zip(geometry, data, strict=True):
-            # NNCF hands the validation items untransformed: (3, H, W) model inputs.
-            feeds = {IMAGES: item[None]}
+
+        def runner(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            feeds = {IMAGES: batch}
             if feed_emb is not None:
                 feeds[EMBEDDINGS] = feed_emb
             res = compiled_model(feeds)
-            for d in decode_detections(
-                res[out_boxes][0], res[out_scores][0], lb, class_names, 0.001, 0.5, 300
-            ):
-                cat = eval_set.categories.get(d.class_name)
-                if cat is not None:
-                    x1, y1, x2, y2 = d.box
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": cat,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": d.score,
-                        }
-                    )
-        return coco_metrics(eval_set, results, class_names)["AP50"] / 100.0
+            return res[out_boxes], res[out_scores]
+
+        detections = predict(runner, eval_set, spec, class_names, desc="accuracy control")
+        return coco_metrics(eval_set, detections, class_names)["AP50"] / 100.0
 
     return samples, validate, max_ap_drop / 100.0
 
