@@ -97,6 +97,9 @@ class Artifact(_Strict):
     kept_float: list[str] = []  # parts kept out of INT8 (names/patterns), e.g. the head's score path
     device: str | None = None  # TensorRT: the GPU the engine was built for
     notes: str = ""
+    # Backend compile properties the golden outputs and the measured accuracy were produced with, e.g.
+    # OpenVINO {"INFERENCE_PRECISION_HINT": "bf16"}; the runtime should compile the artifact with them.
+    properties: dict[str, str] = {}
 
 
 class AccuracyInfo(_Strict):
@@ -113,6 +116,8 @@ class GoldenSample(_Strict):
     detections: list[dict]  # [{"class_id": int, "score": float, "box": [x1, y1, x2, y2]}] in image pixels
     score_atol: float = 0.05
     box_atol: float = 4.0
+    # The artifact backend whose outputs these are (None: any); INT8 and FP32 artifacts differ slightly.
+    backend: str | None = None
 
 
 class BundleManifest(_Strict):

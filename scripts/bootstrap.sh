@@ -10,9 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
-stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS:-runtime}"
+stamp=".venv/.installed-$(cat setup.cfg pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)-${EXTRAS:-runtime}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e "$SPEC"
+  .venv/bin/python -m pip install -q -c scripts/constraints.txt -e "$SPEC"
   touch "$stamp"
 fi

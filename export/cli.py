@@ -1,0 +1,199 @@
+"""``rtvp-export``: checkpoint -> bundle, and ``rtvp-export vocab`` for a new vocabulary of an input-mode bundle.
+
+Examples::
+
+    rtvp-export --int8                                   # newest run, its vocabulary and data, OpenVINO INT8
+    rtvp-export --checkpoint runs/glass/best.pt --target openvino --int8 --calib-data data/glass \\
+                --out bundles/glass-int8
+    rtvp-export --checkpoint runs/glass/best.pt --target onnx --vocab-mode input --out bundles/glass-onnx
+    rtvp-export vocab --bundle bundles/glass-onnx --vocab my_defects.yaml
+    rtvp-export verify --bundle bundles/glass-int8       # hashes + golden self-test of every artifact
+
+Exit status: 0 on success, 2 for bad input or a failed check (the message names the file/field/value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from export.errors import ExportError
+
+log = logging.getLogger("rtvp_export")
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rtvp-export",
+        description="Export an RTVPNet training checkpoint into a bundle for the rtvp-edge runtime. "
+        "Subcommands: 'rtvp-export vocab ...' (new vocabulary for an input-mode bundle), "
+        "'rtvp-export verify ...' (check a bundle).",
+    )
+    p.add_argument("--checkpoint", type=Path, help="training checkpoint (default: newest under --runs)")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="runs folder searched without --checkpoint"
+    )
+    p.add_argument(
+        "--vocab", type=Path, help="vocabulary YAML ({name, prompt} list); default: the checkpoint's"
+    )
+    p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
+    p.add_argument("--half", action="store_true", help="FP16 weights (OpenVINO) / FP16 engine (TensorRT)")
+    p.add_argument("--int8", action="store_true", help="INT8 post-training quantization + accuracy guard")
+    p.add_argument(
+        "--calib-data",
+        type=Path,
+        help="folder of line images or a data set root (default: the data set the checkpoint was trained on)",
+    )
+    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument(
+        "--eval-data", type=Path, help="annotated data set root for the accuracy guard (val split)"
+    )
+    p.add_argument("--eval-size", type=int, default=200, help="held-out images for the guard (default 200)")
+    p.add_argument("--max-ap-drop", type=float, default=1.0, help="allowed AP50 drop in points (default 1.0)")
+    p.add_argument("--force", action="store_true", help="write the bundle even if the accuracy guard fails")
+    p.add_argument(
+        "--accuracy-control",
+        action="store_true",
+        help="OpenVINO: NNCF quantize_with_accuracy_control (reverts layers until within the drop)",
+    )
+    p.add_argument("--vocab-mode", default="folded", help="folded (fastest) | input (swappable vocabulary)")
+    p.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="BLOCK",
+        help="keep this model block out of INT8 (repeatable)",
+    )
+    p.add_argument(
+        "--quantize-all-blocks",
+        action="store_true",
+        help="also quantize the blocks kept float by default (the SAM image encoder)",
+    )
+    p.add_argument("--golden", type=int, default=4, help="golden images in the bundle (default 4)")
+    p.add_argument("--score-threshold", type=float, default=0.25, help="bundle's default score threshold")
+    p.add_argument(
+        "--out", type=Path, help="bundle folder (default: bundles/<run>-<checkpoint>-<target>-<precision>)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--cache-dir", type=Path, help="text-embedding cache folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def default_out(checkpoint: Path, target: str, int8: bool, half: bool) -> Path:
+    """``bundles/<run>-<checkpoint stem>-<target>-<precision>``."""
+    precision = "int8" if int8 else "fp16" if half else "fp32"
+    return Path("bundles") / f"{checkpoint.parent.name}-{checkpoint.stem}-{target}-{precision}"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.embeddings import load_vocabulary
+    from export.pipeline import ExportOptions, check_options, export_bundle
+    from export.source import find_newest_checkpoint, load_source
+
+    options = ExportOptions(
+        target=args.target,
+        half=args.half,
+        int8=args.int8,
+        calib_data=args.calib_data,
+        calib_size=args.calib_size,
+        max_ap_drop=args.max_ap_drop,
+        force=args.force,
+        accuracy_control=args.accuracy_control,
+        vocab_mode=args.vocab_mode,
+        eval_data=args.eval_data,
+        eval_size=args.eval_size,
+        keep_float=list(args.keep_float),
+        quantize_all_blocks=args.quantize_all_blocks,
+        golden_count=args.golden,
+        score_threshold=args.score_threshold,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    check_options(options)  # before loading a large checkpoint
+    vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
+    checkpoint = args.checkpoint or find_newest_checkpoint(args.runs)
+    if args.checkpoint is None:
+        log.info("using the newest checkpoint %s", checkpoint)
+    if args.calib_data is not None and not args.calib_data.exists():
+        raise ExportError(f"--calib-data {args.calib_data} not found")
+    if args.eval_data is not None and not args.eval_data.exists():
+        raise ExportError(f"--eval-data {args.eval_data} not found")
+    source = load_source(checkpoint)
+    out = args.out or default_out(checkpoint, args.target, args.int8, args.half)
+    manifest = export_bundle(source, out, options, vocabulary=vocabulary, cache_dir=args.cache_dir)
+    arts = ", ".join(f"{a.backend} {a.precision} ({a.path})" for a in manifest.artifacts)
+    print(f"bundle {out}: {arts}")
+    if manifest.accuracy is not None:
+        a = manifest.accuracy
+        print(f"accuracy on {a.dataset}: AP50 fp32 {a.fp32['AP50']:.2f}, artifact {a.artifact['AP50']:.2f}")
+    return 0
+
+
+def run_vocab(argv: list[str]) -> int:
+    from export.vocab_swap import swap_vocabulary
+
+    p = argparse.ArgumentParser(
+        prog="rtvp-export vocab", description="Write new text embeddings into an input-mode bundle."
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="existing bundle (vocabulary mode 'input')")
+    p.add_argument("--vocab", type=Path, required=True, help="vocabulary YAML ({name, prompt} list)")
+    p.add_argument("--text-encoder", help="text-encoder spec (default: the one recorded in the bundle)")
+    p.add_argument("--out", type=Path, help="write a new bundle here instead of updating --bundle in place")
+    p.add_argument("--cache-dir", type=Path, help="text-embedding cache folder")
+    args = p.parse_args(argv)
+    manifest = swap_vocabulary(
+        args.bundle, args.vocab, out=args.out, text_encoder=args.text_encoder, cache_dir=args.cache_dir
+    )
+    names = ", ".join(c.name for c in manifest.vocabulary.classes)
+    print(
+        f"bundle {args.out or args.bundle}: vocabulary now {len(manifest.vocabulary.classes)} classes ({names})"
+    )
+    return 0
+
+
+def run_verify(argv: list[str]) -> int:
+    from export.pipeline import verify_bundle
+
+    p = argparse.ArgumentParser(
+        prog="rtvp-export verify", description="Check a bundle's hashes and run its golden self-test."
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        checked = verify_bundle(args.bundle)
+    except Exception as e:  # BundleError and ExportError alike: report, exit non-zero
+        if not isinstance(e, ExportError) and type(e).__name__ != "BundleError":
+            raise
+        raise ExportError(str(e)) from None
+    print(f"bundle {args.bundle}: OK ({', '.join(f'{b}: {n} golden' for b, n in checked.items())})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="rtvp-export: %(message)s")
+    for noisy in ("nncf", "openvino"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if argv and argv[0] == "vocab":
+            return run_vocab(argv[1:])
+        if argv and argv[0] == "verify":
+            return run_verify(argv[1:])
+        return run_export(_export_parser().parse_args(argv))
+    except ExportError as e:
+        print(f"rtvp-export: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from rtvp_edge.bundle import BundleError
+
+        if isinstance(e, BundleError):
+            print(f"rtvp-export: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Stage: golden samples, so the runtime can self-test a bundle at start.
+
+A few generated glass-container images (the simulated rig when available, else held-out or calibration
+images) are written as PNG with the detections this exact artifact produces on them, decoded by the runtime's
+own ``decode_detections`` with the bundle's thresholds. ``check_golden`` is the same comparison the runtime
+makes; export runs it on the finished bundle before renaming it into place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from export.errors import ExportError
+from rtvp_edge.bundle import BundleManifest, GoldenSample, Thresholds
+from rtvp_edge.messages import Detection
+from rtvp_edge.postprocess import decode_detections
+from rtvp_edge.preprocess import PreprocessSpec, preprocess
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def rig_images(count: int, seed: int = 2026) -> list[np.ndarray]:
+    """``count`` camera views (BGR uint8 (820, 700, 3)) of generated glass containers, or [] when the
+    simulated rig is not installed. Containers from a seed the training rig does not use by default."""
+    try:
+        from rtvp_edge.rig import RigConfig, render_container
+    except ImportError:
+        return []
+    images: list[np.ndarray] = []
+    cfg = RigConfig(seed=seed)
+    index = 0
+    while len(images) < count:
+        views = render_container(cfg, index)
+        # Prefer views showing defects: golden samples with detections test more than empty ones.
+        ranked = sorted(views, key=lambda v: -len(v[1]))
+        images.extend(img for img, _ in ranked[: max(1, count - len(images))][:2])
+        index += 1
+    return images[:count]
+
+
+def decode(
+    runner: Runner, image_bgr: np.ndarray, spec: PreprocessSpec, class_names: Sequence[str], thr: Thresholds
+) -> list[Detection]:
+    batch, (lb,) = preprocess([image_bgr], spec)
+    boxes, scores = runner(batch)
+    return decode_detections(boxes[0], scores[0], lb, class_names, thr.score, thr.iou, thr.max_detections)
+
+
+def _as_dict(d: Detection) -> dict:
+    return {
+        "class_id": d.class_id,
+        "class_name": d.class_name,
+        "score": round(d.score, 6),
+        "box": [round(v, 3) for v in d.box],
+    }
+
+
+def write_golden(
+    bundle_dir: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    runners: dict[str, Runner],
+    spec: PreprocessSpec,
+    class_names: Sequence[str],
+    thresholds: Thresholds,
+) -> list[GoldenSample]:
+    """Write ``golden/NNN.png`` and the expected detections of every artifact (keyed by backend)."""
+    root = Path(bundle_dir)
+    (root / "golden").mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, img in enumerate(images):
+        rel = f"golden/{i:03d}.png"
+        if not cv2.imwrite(str(root / rel), img):
+            raise ExportError(f"cannot write golden image {root / rel}")
+        # Read back what was written (PNG is lossless, but the runtime sees the file, not our array).
+        img = cv2.imread(str(root / rel), cv2.IMREAD_COLOR)
+        for backend, runner in runners.items():
+            dets = decode(runner, img, spec, class_names, thresholds)
+            samples.append(GoldenSample(image=rel, detections=[_as_dict(d) for d in dets], backend=backend))
+    return samples
+
+
+def match_golden(
+    expected: list[dict], actual: list[Detection], score_atol: float, box_atol: float, score_threshold: float
+) -> list[str]:
+    """Problems between expected and actual detections (empty: they agree).
+
+    A detection whose score is within ``score_atol`` of the threshold may appear on one side only: numeric
+    noise legitimately moves it across the threshold.
+    """
+    problems = []
+    unused = list(actual)
+    for e in expected:
+        hit = None
+        for a in unused:
+            if (
+                a.class_id == e["class_id"]
+                and abs(a.score - e["score"]) <= score_atol
+                and max(abs(x - y) for x, y in zip(a.box, e["box"], strict=True)) <= box_atol
+            ):
+                hit = a
+                break
+        if hit is not None:
+            unused.remove(hit)
+        elif e["score"] > score_threshold + score_atol:
+            problems.append(
+                f"expected {e['class_name'] if 'class_name' in e else e['class_id']} "
+                f"{e['score']:.3f} at {[round(v) for v in e['box']]} not found"
+            )
+    for a in unused:
+        if a.score > score_threshold + score_atol:
+            problems.append(f"unexpected {a.class_name} {a.score:.3f} at {[round(v) for v in a.box]}")
+    return problems
+
+
+def check_golden(
+    bundle_dir: str | os.PathLike, manifest: BundleManifest, backend: str, runner: Runner
+) -> int:
+    """Run the bundle's golden images for ``backend`` through ``runner``; raise ``ExportError`` on mismatch.
+
+    Returns the number of golden samples checked.
+    """
+    root = Path(bundle_dir)
+    spec = manifest.preprocess.spec()
+    names = [c.name for c in manifest.vocabulary.classes]
+    thr = manifest.thresholds
+    checked = 0
+    for g in manifest.golden:
+        if g.backend not in (None, backend):
+            continue
+        img = cv2.imread(str(root / g.image), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ExportError(f"golden image {root / g.image} cannot be read")
+        problems = match_golden(
+            g.detections, decode(runner, img, spec, names, thr), g.score_atol, g.box_atol, thr.score
+        )
+        if problems:
+            raise ExportError(
+                f"golden self-test of {backend} on {g.image} failed: " + "; ".join(problems[:5])
+            )
+        checked += 1
+    if checked == 0:
+        raise ExportError(f"the bundle has no golden samples for backend {backend}")
+    return checked

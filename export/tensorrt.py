@@ -1,0 +1,331 @@
+"""TensorRT engines from the exported ONNX, through the TensorRT Python API and pycuda.
+
+Deliberately torch-free (numpy, tensorrt, pycuda only) so the same engine-building code can run on an edge box
+that has no torch; the runtime builds its own engine from the shipped ONNX at first start
+(``rtvp_edge/backends/tensorrt.py``), because engines are tied to the GPU model and the TensorRT version.
+
+INT8, by TensorRT version:
+- TensorRT 10.x: implicit quantization with an ``IInt8EntropyCalibrator2`` fed from the shared calibration
+  set; the calibration cache is written next to the engine and reused by later builds (same graph, same
+  calibration set) so a rebuild for another GPU does not need the images again.
+- TensorRT >= 11 removed implicit quantization and calibrators: the INT8 engine is built from an explicit
+  Q/DQ ONNX (``export.onnxruntime_int8.quantize_qdq`` with symmetric int8 activations, which TensorRT requires).
+
+Engines are named and recorded with the GPU name and TensorRT version:
+``tensorrt/model.<gpu>.trt<version>.<precision>.engine``.
+
+NOT RUN in this repository: no GPU and no TensorRT on the development machines. The pieces that do not need
+TensorRT (calibration batching, cache handling, naming, the Q/DQ ONNX) are tested; the rest is written
+against the TensorRT 10/11 Python API documentation and must be validated on a GPU before it is trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("rtvp_export")
+
+MAX_BATCH = 8  # optimisation-profile upper bound (rig: six views per part)
+OPT_BATCH = 6
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(True, version) when TensorRT, pycuda and a CUDA GPU are usable here, else (False, why)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return (
+            False,
+            "TensorRT is not installed (pip install 'rtvp-edge[tensorrt]' on a machine with an NVIDIA GPU)",
+        )
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return False, "no CUDA GPU found"
+    except Exception as e:  # ImportError or a CUDA driver error
+        return False, f"pycuda/CUDA not usable ({type(e).__name__}: {e})"
+    return True, trt.__version__
+
+
+def trt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def engine_filename(gpu_name: str, trt_version: str, precision: str) -> str:
+    """``model.<gpu>.trt<version>.<precision>.engine`` with the GPU name made file-safe."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_") or "gpu"
+    return f"model.{gpu}.trt{trt_version}.{precision}.engine"
+
+
+class CalibrationBatches:
+    """Fixed-size, contiguous float32 batches for a TensorRT calibrator.
+
+    TensorRT's calibrator asks for batches of exactly ``get_batch_size()`` images; the incomplete last batch is
+    dropped rather than padded (padding with repeated images would bias the entropy histograms).
+
+    Args:
+        samples: N model inputs, each (3, H, W) float32 (``CalibrationSet.sample(i)[0]``).
+        batch_size: images per batch.
+    """
+
+    def __init__(self, samples: Sequence[np.ndarray], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(samples) < batch_size:
+            raise ValueError(f"{len(samples)} calibration images, fewer than one batch of {batch_size}")
+        self.samples = samples
+        self.batch_size = batch_size
+        self.index = 0
+
+    def __len__(self) -> int:
+        return len(self.samples) // self.batch_size
+
+    def next_batch(self) -> np.ndarray | None:
+        """The next (B, 3, H, W) C-contiguous float32 batch, or None when exhausted."""
+        if self.index + self.batch_size > len(self.samples):
+            return None
+        batch = np.stack(
+            [np.asarray(s, np.float32) for s in self.samples[self.index : self.index + self.batch_size]]
+        )
+        self.index += self.batch_size
+        return np.ascontiguousarray(batch)
+
+    def reset(self) -> None:
+        self.index = 0
+
+
+class CalibrationCache:
+    """The calibration cache file: read when present (no images needed), written after calibration."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def read(self) -> bytes | None:
+        return self.path.read_bytes() if self.path.is_file() and self.path.stat().st_size > 0 else None
+
+    def write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(bytes(data))
+        os.replace(tmp, self.path)
+
+
+def make_entropy_calibrator(batches: CalibrationBatches | None, cache: CalibrationCache, input_name: str):
+    """An ``IInt8EntropyCalibrator2`` (TensorRT 10.x) over ``batches``, reusing ``cache``.
+
+    With a cache present and ``batches`` None, TensorRT reads the ranges from the cache alone.
+    """
+    import pycuda.autoinit  # noqa: F401  (creates the CUDA context the device buffer lives in)
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = batches
+            self.device_input = None
+
+        def get_batch_size(self) -> int:
+            return batches.batch_size if batches is not None else 1
+
+        def get_batch(self, names):  # noqa: ARG002 - one image input
+            if self.batches is None:
+                return None
+            batch = self.batches.next_batch()
+            if batch is None:
+                return None
+            if self.device_input is None:
+                self.device_input = cuda.mem_alloc(batch.nbytes)
+            cuda.memcpy_htod(self.device_input, batch)
+            return [int(self.device_input)]
+
+        def read_calibration_cache(self):
+            return cache.read()
+
+        def write_calibration_cache(self, data) -> None:
+            cache.write(bytes(data))
+
+    return EntropyCalibrator()
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    fp16: bool = False,
+    int8: bool = False,
+    calibrator=None,
+    workspace_bytes: int = 1 << 30,
+    max_batch: int = MAX_BATCH,
+    opt_batch: int = OPT_BATCH,
+    max_classes: int = 64,
+) -> Path:
+    """Build and serialize a TensorRT engine from an ONNX file (torch-free; usable on the edge box).
+
+    Args:
+        onnx_path: FP32 ONNX, or an explicit Q/DQ ONNX for INT8 on TensorRT >= 11.
+        engine_path: output engine file (written atomically).
+        fp16: allow FP16 kernels.
+        int8: INT8; on TensorRT 10 give ``calibrator`` (or the graph must carry Q/DQ nodes).
+        calibrator: from ``make_entropy_calibrator`` (TensorRT 10.x only).
+        max_batch, opt_batch: dynamic-batch optimisation profile (min 1).
+        max_classes: upper bound of the vocabulary axis for graphs in vocabulary mode ``input``.
+    Returns:
+        ``engine_path``.
+    """
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        if trt_major(trt.__version__) >= 11:
+            if calibrator is not None:
+                raise ValueError("TensorRT >= 11 has no calibrators: build INT8 from a Q/DQ ONNX")
+        else:
+            config.set_flag(trt.BuilderFlag.INT8)
+            if calibrator is not None:
+                config.int8_calibrator = calibrator
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = list(tensor.shape)
+        if tensor.name == "text_embeddings":  # (C, D): dynamic vocabulary size
+            profile.set_shape(
+                tensor.name, [1, shape[1]], [max(1, min(8, max_classes)), shape[1]], [max_classes, shape[1]]
+            )
+        elif shape[0] == -1:
+            rest = shape[1:]
+            profile.set_shape(tensor.name, [1, *rest], [opt_batch, *rest], [max_batch, *rest])
+    config.add_optimization_profile(profile)
+    if calibrator is not None:
+        config.set_calibration_profile(profile)
+    data = builder.build_serialized_network(network, config)
+    if data is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
+    engine_path = Path(engine_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_suffix(".tmp")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, engine_path)
+    return engine_path
+
+
+class TensorRTRunner:
+    """Runs a serialized engine: ``runner(batch (B,3,H,W) float32) -> (boxes, scores)`` numpy arrays."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: str | os.PathLike, embeddings: np.ndarray | None = None):
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        self.cuda, self.trt = cuda, trt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{engine_path}: TensorRT cannot deserialize the engine (other GPU/version?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        self.embeddings = embeddings
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cuda, trt = self.cuda, self.trt
+        feeds = {"images": np.ascontiguousarray(batch, np.float32)}
+        if self.embeddings is not None:
+            feeds["text_embeddings"] = np.ascontiguousarray(self.embeddings, np.float32)
+        keep = []
+        for name, arr in feeds.items():
+            self.context.set_input_shape(name, arr.shape)
+            d = cuda.mem_alloc(arr.nbytes)
+            cuda.memcpy_htod_async(d, arr, self.stream)
+            self.context.set_tensor_address(name, int(d))
+            keep.append(d)
+        outs = {}
+        for name in ("boxes", "scores"):
+            shape = tuple(self.context.get_tensor_shape(name))
+            host = cuda.pagelocked_empty(shape, trt.nptype(self.engine.get_tensor_dtype(name)))
+            d = cuda.mem_alloc(host.nbytes)
+            self.context.set_tensor_address(name, int(d))
+            keep.append(d)
+            outs[name] = (host, d)
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        for host, d in outs.values():
+            cuda.memcpy_dtoh_async(host, d, self.stream)
+        self.stream.synchronize()
+        return np.array(outs["boxes"][0], np.float32), np.array(outs["scores"][0], np.float32)
+
+
+def export_tensorrt(
+    onnx_path: Path,
+    bundle_dir: Path,
+    calibration,
+    half: bool,
+    int8: bool,
+    embeddings: np.ndarray | None,
+    model=None,
+):
+    """The pipeline's TensorRT stage: an engine for this machine's GPU in ``bundle_dir/tensorrt/``.
+
+    Returns (``rtvp_edge.bundle.Artifact``, runner). The edge box may instead build its own engine from
+    ``model.onnx`` at first start (different GPU or TensorRT version).
+    """
+    import pycuda.autoinit  # noqa: F401
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from rtvp_edge.bundle import Artifact
+
+    gpu = cuda.Device(0).name()
+    precision = "int8" if int8 else "fp16" if half else "fp32"
+    engine = bundle_dir / "tensorrt" / engine_filename(gpu, trt.__version__, precision)
+    source = onnx_path
+    calibrator = None
+    notes = f"built for {gpu} with TensorRT {trt.__version__}"
+    if int8:
+        if trt_major(trt.__version__) >= 11:
+            from export.onnxruntime_int8 import quantize_qdq
+
+            source, _, _ = quantize_qdq(
+                onnx_path,
+                bundle_dir / "model_qdq.onnx",
+                calibration,
+                model,
+                embeddings,
+                for_tensorrt=True,
+            )
+            notes += "; explicit Q/DQ ONNX (model_qdq.onnx)"
+        else:
+            samples = [calibration.sample(i)[0] for i in range(len(calibration))]
+            cache = CalibrationCache(bundle_dir / "tensorrt" / "calibration.cache")
+            calibrator = make_entropy_calibrator(
+                CalibrationBatches(samples, min(8, len(samples))), cache, "images"
+            )
+            notes += "; IInt8EntropyCalibrator2, cache tensorrt/calibration.cache"
+    build_engine(source, engine, fp16=half or int8, int8=int8, calibrator=calibrator)
+    art = Artifact(
+        backend="tensorrt",
+        path=engine.relative_to(bundle_dir).as_posix(),
+        precision=precision,
+        device=gpu,
+        notes=notes,
+        properties={"tensorrt": trt.__version__},
+    )
+    return art, TensorRTRunner(engine, embeddings)

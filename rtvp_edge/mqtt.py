@@ -1,0 +1,638 @@
+"""MQTT publishing: the line configuration's ``mqtt:`` section and the ``EventPublisher``.
+
+Delivery guarantee (DESIGN.md "Events on MQTT"): at least once, in order, nothing lost silently.
+
+    publish_verdict ──▶ Outbox (SQLite, committed) ──▶ sender thread ──▶ paho ──▶ broker
+                              ▲                                            │
+                              └──────────── delete on PUBACK (on_publish) ◀┘
+
+- ``publish_verdict`` only writes to the outbox, so the pipeline never waits for the network.
+- The sender thread hands the oldest unsent events to paho while connected, at most ``max_inflight``
+  unacknowledged at a time. paho maps each PUBACK to its message id; ``on_publish`` maps the id back
+  to the event's sequence number and the event is deleted from the outbox.
+- On a lost connection paho keeps its unacknowledged messages and resends them first after the
+  reconnect (same message ids, DUP flag), then the sender continues with the next events, so order is
+  kept. A process restart resends everything still in the outbox, oldest first. Either way a
+  subscriber may see an event twice (same ``event_id``) but never out of order or missing.
+
+paho-mqtt >= 2 is used as its docs recommend: ``CallbackAPIVersion.VERSION2``, ``loop_start()``,
+``reconnect_delay_set()``, ``will_set()`` (the retained "offline" status as the Last Will).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from rtvp_edge.events import (
+    ModelInfo,
+    StationIds,
+    metrics_payload,
+    status_payload,
+    topic_root,
+    verdict_events,
+)
+from rtvp_edge.messages import PartVerdict
+from rtvp_edge.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EventPublisher",
+    "MqttConfig",
+    "MqttConfigError",
+    "MqttConnectError",
+    "OutboxConfig",
+    "StationIds",
+    "TlsConfig",
+    "build_client",
+]
+
+
+class MqttConfigError(ValueError):
+    """The ``mqtt:`` configuration cannot be used (message names the key and the value)."""
+
+
+class MqttConnectError(RuntimeError):
+    """The broker refused us (CONNACK: bad user name or password / not authorized) or TLS failed.
+
+    Not raised for a broker that is merely unreachable: events then wait in the outbox.
+    """
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths resolve against ``context["base_dir"]`` when the caller validates with one
+    (the line-config loader passes the line file's directory), else they stay as written."""
+    if value is None or value.is_absolute() or str(value) == ":memory:":
+        return value
+    base = (info.context or {}).get("base_dir")
+    return Path(base) / value if base is not None else value
+
+
+class TlsConfig(_Strict):
+    """TLS towards the broker.
+
+    Args:
+        ca: CA certificate (PEM) the broker's certificate must chain to; None: the system's CAs.
+        cert: client certificate (PEM), for brokers that require client certificates.
+        key: the client certificate's private key (PEM).
+        insecure: do not check that the broker's certificate names ``host`` (the chain is still
+            verified). Only for brokers reached by an address their certificate does not list.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+    _paths = field_validator("ca", "cert", "key")(_against_base_dir)
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("mqtt.tls: give both 'cert' and 'key' for a client certificate, or neither")
+        return self
+
+
+class OutboxConfig(_Strict):
+    """The durable outbox (see ``rtvp_edge.outbox`` for the policies and their reasoning).
+
+    Args:
+        path: SQLite file; relative paths are resolved against the line configuration's directory.
+        max_events: size limit in events (100 000 ≈ 5.5 h of a 5 parts/s line with no broker).
+        max_bytes: size limit in payload bytes (None: no byte limit).
+        when_full: ``drop_oldest`` (default; counted, logged, visible as a sequence gap) or ``refuse``.
+        synchronous: SQLite durability, ``FULL`` (survives power loss) or ``NORMAL``.
+    """
+
+    path: Path = Path("var/outbox.sqlite")
+    max_events: int | None = Field(100_000, ge=1)
+    max_bytes: int | None = Field(None, ge=1024)
+    when_full: Literal["drop_oldest", "refuse"] = "drop_oldest"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    _paths = field_validator("path")(_against_base_dir)
+
+
+class MqttConfig(_Strict):
+    """The line configuration's ``mqtt:`` section.
+
+    Args:
+        broker: ``embedded`` (the runtime starts an amqtt broker on ``host:port``, localhost only,
+            no TLS/auth: the demo default) or ``external`` (a site broker such as Mosquitto).
+        host, port: broker address.
+        tls: TLS settings, or None for plain TCP.
+        username: user name, or None for anonymous.
+        password_env: name of the environment variable holding the password (never the password
+            itself in a file), e.g. ``RTVP_MQTT_PASSWORD``.
+        client_id: MQTT client id; default ``rtvp-<site>-<line>-<station>``.
+        topic_root: template with ``{site}``, ``{line}``, ``{station}``.
+        qos: QoS of verdict/defect events (1: at least once, the default).
+        keepalive: seconds; also how fast the broker notices a dead publisher and sends the Last Will
+            (after 1.5 x keepalive).
+        outbox: the durable outbox.
+        metrics_interval_s: how often the runtime publishes ``<root>/metrics``.
+        max_inflight: unacknowledged events on the wire at a time.
+        reconnect_min_s, reconnect_max_s: reconnect back-off (doubles from min to max).
+        connect_timeout_s: how long ``start()`` waits for the broker's first answer before going on
+            with events buffered in the outbox.
+    """
+
+    broker: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_env: str | None = None
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    topic_root: str = "rtvp/{site}/{line}/{station}"
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(30, ge=5, le=3600)
+    outbox: OutboxConfig = OutboxConfig()
+    metrics_interval_s: float = Field(10.0, gt=0)
+    max_inflight: int = Field(32, ge=1, le=1000)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, ge=0)
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                f"mqtt.password_env must be the NAME of an environment variable (e.g. RTVP_MQTT_PASSWORD), got {value!r}"
+            )
+        return value
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        topic_root(value, StationIds("site", "line", "station"))  # raises ValueError naming the template
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.broker == "embedded":
+            if self.tls is not None or self.username is not None:
+                raise ValueError(
+                    "mqtt.broker 'embedded' is a localhost demo broker without TLS or passwords; "
+                    "use broker: external for tls/username"
+                )
+            if self.host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(
+                    f"mqtt.broker 'embedded' listens on localhost only; host {self.host!r} is not local"
+                )
+        if self.password_env is not None and self.username is None:
+            raise ValueError("mqtt.password_env is set but mqtt.username is not")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("mqtt.reconnect_max_s must be >= mqtt.reconnect_min_s")
+        return self
+
+    def resolve_paths(self, base_dir: str | Path) -> MqttConfig:
+        """A copy with relative file paths (outbox, TLS files) made absolute against ``base_dir``."""
+        base = Path(base_dir)
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None or p.is_absolute() or str(p) == ":memory:" else base / p
+
+        tls = None
+        if self.tls is not None:
+            tls = self.tls.model_copy(
+                update={"ca": fix(self.tls.ca), "cert": fix(self.tls.cert), "key": fix(self.tls.key)}
+            )
+        outbox = self.outbox.model_copy(update={"path": fix(self.outbox.path) or self.outbox.path})
+        return self.model_copy(update={"tls": tls, "outbox": outbox})
+
+    def station_root(self, station: StationIds) -> str:
+        """The topic root of ``station`` (``topic_root`` with its placeholders filled)."""
+        return topic_root(self.topic_root, station)
+
+    def password(self) -> str | None:
+        """The password from the environment variable ``password_env`` (None without one)."""
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise MqttConfigError(
+                f"mqtt.password_env: environment variable {self.password_env} is not set "
+                f"(export {self.password_env}=... before starting)"
+            )
+        return value
+
+    def check_files(self) -> None:
+        """Raise ``MqttConfigError`` naming the key when a configured TLS file is missing."""
+        if self.tls is None:
+            return
+        for key in ("ca", "cert", "key"):
+            path = getattr(self.tls, key)
+            if path is not None and not Path(path).is_file():
+                raise MqttConfigError(f"mqtt.tls.{key}: file {path} not found")
+
+
+def build_client(config: MqttConfig, client_id: str, clean_session: bool = True) -> paho.Client:
+    """A paho client (MQTT 3.1.1, VERSION2 callbacks) with the configured credentials, TLS and back-off.
+
+    Not connected. Raises ``MqttConfigError`` for missing TLS files or password variables.
+    """
+    config.check_files()
+    password = config.password()
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=paho.MQTTv311,  # amqtt (embedded) speaks 3.1.1 only; every site broker does too
+    )
+    if config.username is not None:
+        client.username_pw_set(config.username, password)
+    if config.tls is not None:
+        context = ssl.create_default_context(cafile=str(config.tls.ca) if config.tls.ca else None)
+        if config.tls.cert is not None:
+            context.load_cert_chain(str(config.tls.cert), str(config.tls.key))
+        if config.tls.insecure:
+            context.check_hostname = False
+        client.tls_set_context(context)
+    client.reconnect_delay_set(min_delay=config.reconnect_min_s, max_delay=config.reconnect_max_s)
+    return client
+
+
+def _tls_hint(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "the broker's certificate is not trusted or does not name this host (check mqtt.tls.ca / mqtt.host)"
+    return "is the broker port a TLS listener, and mqtt.tls.cert/key accepted by it?"
+
+
+class EventPublisher:
+    """Publishes a station's events through the durable outbox. One per station; thread-safe.
+
+    Args:
+        config: the ``mqtt:`` section (relative paths already resolved, see ``MqttConfig.resolve_paths``).
+        station: site/line/station ids (fill the topic root and every payload).
+        model_info: ``{"name", "version", "precision", "bundle_sha256" (or "bundle_hash"), "backend"?}``.
+        client: a paho ``Client`` (VERSION2 callbacks, not connected) to use instead of building one
+            from ``config`` (tests; custom transports). Its callbacks and Last Will are set here.
+        outbox: an ``Outbox`` to use instead of opening ``config.outbox.path``.
+
+    Usage::
+
+        pub = EventPublisher(cfg, StationIds("plant1", "glass", "st1"), model_info)
+        pub.start()                    # raises MqttConnectError for a refused login / bad TLS
+        pub.publish_verdict(verdict)   # durable once it returns
+        pub.stop(flush_timeout=5)      # status "offline"; returns the events left in the outbox
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        station: StationIds,
+        model_info: dict[str, Any] | ModelInfo,
+        client: paho.Client | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.config = config
+        self.station = station
+        self.model = model_info if isinstance(model_info, ModelInfo) else ModelInfo.model_validate(model_info)
+        self.root = topic_root(config.topic_root, station)
+        self.client_id = config.client_id or f"rtvp-{station.site}-{station.line}-{station.station}"
+        self.outbox = outbox or Outbox(
+            config.outbox.path,
+            max_events=config.outbox.max_events,
+            max_bytes=config.outbox.max_bytes,
+            when_full=config.outbox.when_full,
+            synchronous=config.outbox.synchronous,
+        )
+        self._client = client
+        self._cond = threading.Condition()
+        self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: status/metrics)
+        self._early_acks: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
+        self._publishing = 0  # publish() calls in progress
+        self._acked: list[int] = []  # seqs acknowledged, not yet deleted from the outbox
+        self._last_handed = 0  # highest seq given to paho
+        self._last_appended = self.outbox.last_seq
+        self._connected = False
+        self._state = "new"
+        self._error: MqttConnectError | None = None
+        self._first_answer = threading.Event()
+        self._stopping = False
+        self._sender: threading.Thread | None = None
+        self._connects = 0
+        self.metrics_skipped = 0
+
+    # -- public API ----------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """Broker connection state for the live line, e.g. ``"connected"``, ``"disconnected (...); retrying"``,
+        ``"refused: Not authorized"``."""
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def error(self) -> MqttConnectError | None:
+        """Set when the broker refused the login (the runtime should exit non-zero with its message)."""
+        return self._error
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self._connects - 1)
+
+    def outbox_depth(self) -> int:
+        """Events written but not yet acknowledged by the broker."""
+        return self.outbox.depth()
+
+    def topic(self, name: str) -> str:
+        """Full topic of ``verdict``, ``defect``, ``status`` or ``metrics``."""
+        return f"{self.root}/{name}"
+
+    def start(self) -> EventPublisher:
+        """Connect (in the background) and start sending what the outbox holds.
+
+        Waits up to ``connect_timeout_s`` for the broker's answer. Raises ``MqttConnectError`` when the
+        broker refuses the credentials or TLS fails, ``MqttConfigError`` for unusable settings. An
+        unreachable broker is not an error: the publisher keeps retrying and events wait in the outbox.
+        """
+        if self._client is None:
+            self._client = build_client(self.config, self.client_id)
+        client = self._client
+        client.max_inflight_messages_set(self.config.max_inflight + 16)  # + status/metrics
+        client.max_queued_messages_set(0)
+        self._arm_will()
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
+        self._state = "connecting"
+        host, port = self.config.host, self.config.port
+        try:
+            client.connect(host, port, keepalive=self.config.keepalive)
+        except ssl.SSLError as exc:
+            self._state = f"refused: TLS: {exc}"
+            self._error = MqttConnectError(
+                f"TLS handshake with MQTT broker {host}:{port} failed: {exc} ({_tls_hint(exc)})"
+            )
+            raise self._error from exc
+        except (TimeoutError, OSError) as exc:
+            # Not fatal: a line must start (and buffer) while the broker is down or still booting.
+            self._state = f"connecting (broker {host}:{port} unreachable: {exc}); retrying"
+            log.warning(
+                "MQTT broker %s:%s unreachable (%s); events wait in the outbox, retrying", host, port, exc
+            )
+        client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox-sender", daemon=True)
+        self._sender.start()
+        self._first_answer.wait(self.config.connect_timeout_s)
+        if self._error is not None:
+            self._shutdown_client()
+            raise self._error
+        return self
+
+    def publish_verdict(self, verdict: PartVerdict) -> list[int]:
+        """Queue a part's verdict and one event per defect (one outbox transaction). Durable on return.
+
+        Returns the sequence numbers. Raises ``OutboxFullError`` (``when_full: refuse``) or ``OutboxError``.
+        """
+        if self._state == "stopped":
+            raise RuntimeError("EventPublisher.publish_verdict called after stop()")
+        events = verdict_events(verdict, self.station, self.model, self.root, self.config.qos)
+        seqs = self.outbox.append(events)
+        with self._cond:
+            self._last_appended = max(self._last_appended, seqs[-1])
+            self._cond.notify_all()
+        return seqs
+
+    def publish_metrics(self, metrics: dict[str, Any]) -> bool:
+        """Publish ``<root>/metrics`` now (QoS 0, not queued: skipped and counted while disconnected).
+
+        The publisher adds its own figures: outbox_depth, outbox_dropped_total, broker_state,
+        reconnects, metrics_skipped. Returns whether it was handed to the network.
+        """
+        figures = {
+            **metrics,
+            "outbox_depth": self.outbox.depth(),
+            "outbox_dropped_total": self.outbox.dropped_total,
+            "broker_state": self._state,
+            "reconnects": self.reconnects,
+            "metrics_skipped": self.metrics_skipped,
+        }
+        payload = metrics_payload(figures, self.station, self.config.metrics_interval_s)
+        if not self._connected or self._client is None:
+            self.metrics_skipped += 1
+            return False
+        return self._publish_tracked(self.topic("metrics"), json.dumps(payload).encode(), 0, False, None)
+
+    def stop(self, flush_timeout: float = 5.0) -> int:
+        """Stop cleanly: wait up to ``flush_timeout`` s for the outbox to drain, publish the retained
+        "offline" status, disconnect. Returns the number of events left in the outbox (sent on next start)."""
+        if self._state == "stopped":
+            return 0
+        deadline = time.monotonic() + flush_timeout
+        with self._cond:
+            while self.outbox.depth() > 0 and self._error is None and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                self._flush_acks_locked()
+        if self._connected and self._client is not None:
+            info = self._client.publish(
+                self.topic("status"),
+                json.dumps(self._status("offline", "clean stop")),
+                qos=1,
+                retain=True,
+            )
+            # If the connection dropped meanwhile, the Last Will says offline instead.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=max(1.0, deadline - time.monotonic()))
+        self._shutdown_client()
+        left = self.outbox.depth()
+        if left:
+            log.warning(
+                "MQTT publisher stopped with %d events in the outbox %s; they are sent on the next start",
+                left,
+                self.outbox.path,
+            )
+        self.outbox.close()
+        self._state = "stopped"
+        return left
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _status(self, state: str, reason: str) -> dict[str, Any]:
+        return status_payload(
+            state,
+            self.station,
+            self.model,
+            self.client_id,
+            reason,
+            extra={
+                "outbox_depth": self.outbox.depth(),
+                "outbox_dropped_total": self.outbox.dropped_total,
+                "last_seq": self.outbox.last_seq,
+            },
+        )
+
+    def _arm_will(self) -> None:
+        """(Re)set the Last Will before each connection attempt: a fresh event id per connection, so a
+        consumer de-duplicating on event ids does not drop the will of a later death. Its ``ts`` is when
+        the connection was set up (the broker publishes the will verbatim)."""
+        will = status_payload(
+            "offline", self.station, self.model, self.client_id, "connection lost (last will)"
+        )
+        self._client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+
+    def _shutdown_client(self) -> None:
+        self._stopping = True
+        with self._cond:
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=10)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._connected = False
+        with self._cond:
+            self._flush_acks_locked()
+
+    def _publish_tracked(self, topic: str, payload: bytes, qos: int, retain: bool, seq: int | None) -> bool:
+        """Hand one message to paho and remember its mid; never called with ``self._cond`` held
+        (paho takes its own locks; on_publish takes ours)."""
+        with self._cond:
+            self._publishing += 1
+        info = None
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            # The mid is recorded and _publishing lowered under one lock hold, so a PUBACK handled
+            # at any moment finds either the mapping or an open publish.
+            with self._cond:
+                self._publishing -= 1
+                sent = info is not None and not (qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS)
+                if info is not None and info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    if seq is not None and sent:
+                        self._acked.append(seq)
+                        self._cond.notify_all()
+                elif sent:
+                    self._inflight[info.mid] = seq
+                if not self._publishing:
+                    self._early_acks.clear()
+        return sent  # False: QoS 0 dropped by paho while disconnected (not kept for a resend)
+
+    def _flush_acks_locked(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.outbox.ack(acked)
+
+    def _events_in_flight(self) -> int:
+        return sum(1 for s in self._inflight.values() if s is not None)
+
+    def _send_loop(self) -> None:
+        window = self.config.max_inflight
+        while True:
+            with self._cond:
+                while not (
+                    self._stopping
+                    or self._acked
+                    or (
+                        self._connected
+                        and self._last_appended > self._last_handed
+                        and self._events_in_flight() < window
+                    )
+                ):
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    return
+                # Deleting inside the lock keeps depth() consistent with what stop() waits for.
+                self._flush_acks_locked()
+                room = window - self._events_in_flight() if self._connected else 0
+                after, target = self._last_handed, self._last_appended
+            if room <= 0:
+                continue
+            batch = self.outbox.peek(after_seq=after, limit=room)
+            for event in batch:
+                if not self._connected:
+                    break
+                if not self._publish_tracked(event.topic, event.payload, event.qos, event.retain, event.seq):
+                    break
+                with self._cond:
+                    self._last_handed = event.seq
+            else:
+                if len(batch) < room:
+                    # Everything committed up to ``target`` was in the batch (appends commit before
+                    # they raise _last_appended); the rest was dropped for room or already acked.
+                    with self._cond:
+                        self._last_handed = max(self._last_handed, target)
+
+    # -- paho callbacks (run in paho's network thread) ------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            who = f"user {self.config.username!r}" if self.config.username else "anonymous login"
+            self._error = MqttConnectError(
+                f"MQTT broker {self.config.host}:{self.config.port} refused the connection: {reason_code} "
+                f"(client id {self.client_id!r}, {who}; check mqtt.username / the {self.config.password_env or 'password'} variable)"
+            )
+            self._state = f"refused: {reason_code}"
+            log.error("%s", self._error)
+            self._first_answer.set()
+            return
+        self._error = None
+        self._connects += 1
+        self._state = "connected"
+        log.info("MQTT connected to %s:%s as %s", self.config.host, self.config.port, self.client_id)
+        self._publish_tracked(
+            self.topic("status"), json.dumps(self._status("online", "connected")).encode(), 1, True, None
+        )
+        with self._cond:
+            self._connected = True
+            self._cond.notify_all()
+        self._first_answer.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            self._connected = False
+            self._cond.notify_all()
+        if not self._stopping:
+            self._arm_will()  # paho reconnects from this thread after the callback returns
+        if not self._stopping and self._error is None:
+            if self._connects == 0:
+                # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.
+                self._state = (
+                    f"disconnected before the broker answered ({reason_code}): "
+                    "is it a TLS port (set mqtt.tls) or not an MQTT port?; retrying"
+                )
+            else:
+                self._state = f"disconnected ({reason_code}); retrying"
+            log.warning(
+                "MQTT connection to %s:%s lost (%s); retrying",
+                self.config.host,
+                self.config.port,
+                reason_code,
+            )
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if self._error is None and not self._stopping:
+            self._state = f"connecting (broker {self.config.host}:{self.config.port} unreachable); retrying"
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cond:
+            if mid in self._inflight:
+                seq = self._inflight.pop(mid)
+                if seq is not None:
+                    self._acked.append(seq)
+                    self._cond.notify_all()
+            elif self._publishing:
+                # The PUBACK overtook publish() returning its mid; remembered only while a publish is
+                # in progress, so a stray id cannot acknowledge a later event that reuses it.
+                self._early_acks.add(mid)

@@ -1,0 +1,185 @@
+"""``rtvp-eval`` and ``rtvp-train`` command lines on the real RTVPNet-tiny and a generated rig data set:
+COCO JSON with every metric, open-protocol evaluation on unseen classes, clear errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from rtvp_edge.rig import RigConfig
+from training.checkpoint import save_checkpoint
+from training.coco_eval import METRIC_NAMES
+from training.data.generate import generate_dataset
+from training.model import ModelConfig, build_model
+from training.text_cache import text_embeddings
+from training.train import preprocess_spec_for
+
+SEEN = ["oil", "black spot", "bubble", "plastering thread", "quenched grain"]
+UNSEEN = ["crack", "stone", "scratch"]
+
+
+@pytest.fixture(scope="module")
+def rig_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rig")
+    cfg = RigConfig(seed=0, defect_free_share=0.0, defect_size_scale=3.0)
+    return generate_dataset(out, containers=6, protocol="both", config=cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def seen_checkpoint(tmp_path_factory):
+    """An (untrained) RTVPNet-tiny checkpoint whose vocabulary is the five seen classes."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=128, sam_img_size=64)
+    model = build_model(cfg)
+    from rtvp_edge.vocabulary import GLASS_DEFECTS
+
+    vocab = [{"name": c.name, "prompt": c.prompt} for c in GLASS_DEFECTS if c.seen]
+    emb, ident = text_embeddings("random:512", [v["prompt"] for v in vocab], tmp / "cache")
+    return save_checkpoint(
+        tmp / "run" / "best.pt",
+        model,
+        model_config=model.config,
+        vocabulary=vocab,
+        text_encoder="random:512",
+        text_encoder_identity=ident,
+        preprocess=preprocess_spec_for(cfg, model),
+        provenance={"dataset": "test", "epoch": 0},
+        text_embeddings=emb,
+    )
+
+
+def _eval(args, capsys):
+    from training.evaluate import main
+
+    code = main(args)
+    return code, capsys.readouterr()
+
+
+def test_eval_writes_all_coco_metrics(rig_data, seen_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, cap = _eval(
+        [
+            "--checkpoint",
+            str(seen_checkpoint),
+            "--data",
+            str(rig_data["closed"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--samples",
+            "2",
+            "--text-cache",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
+    assert code == 0, cap.err
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["metrics"]) == set(METRIC_NAMES)
+    assert report["classes"] == SEEN and set(report["per_class"]) == set(SEEN)
+    assert all(set(v) == {"AP", "AP50", "AP75", "n_gt"} for v in report["per_class"].values())
+    assert report["n_images"] > 0 and report["text_encoder"] == "random:512"
+    assert (out / "pr_curves.png").stat().st_size > 1000
+    assert len(list((out / "samples").glob("*.jpg"))) == 2
+    assert "AP50" in cap.out
+
+
+def test_open_protocol_evaluates_unseen_classes_from_prompts(rig_data, seen_checkpoint, tmp_path, capsys):
+    out = tmp_path / "open"
+    code, cap = _eval(
+        [
+            "--checkpoint",
+            str(seen_checkpoint),
+            "--data",
+            str(rig_data["open"]),
+            "--classes",
+            "unseen",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--samples",
+            "0",
+            "--text-cache",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
+    assert code == 0, cap.err
+    report = json.loads((out / "eval.json").read_text())
+    assert report["classes"] == UNSEEN and report["trained_classes"] == SEEN
+    assert set(report["per_class"]) == set(UNSEEN)
+    assert sum(v["n_gt"] for v in report["per_class"].values()) > 0
+    assert all(v["AP50"] is not None for v in report["per_class"].values() if v["n_gt"])
+    assert report["prompts"][0] == "a sharp crack in the glass wall"  # the data set's prompt for "crack"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "{data}/closed", "--checkpoint", "{tmp}/none.pt"], "none.pt: checkpoint file not found"),
+        (["--data", "{tmp}/nodata", "--checkpoint", "{ckpt}"], "nodata: data set directory not found"),
+        (
+            ["--data", "{data}/closed", "--checkpoint", "{ckpt}", "--classes", "purple"],
+            "['purple'] not in the data set",
+        ),
+        (["--data", "{data}/closed", "--checkpoint", "{ckpt}", "--split", "test"], "test"),
+    ],
+)
+def test_eval_errors_exit_2_with_a_message(rig_data, seen_checkpoint, tmp_path, capsys, args, needle):
+    fmt = {"data": rig_data["closed"].parent, "tmp": tmp_path, "ckpt": seen_checkpoint}
+    code, cap = _eval([a.format(**fmt) for a in args] + ["--device", "cpu"], capsys)
+    assert code == 2
+    assert cap.err.startswith("rtvp-eval: error:") and needle in cap.err
+    assert "Traceback" not in cap.err
+
+
+def _train_main(args, capsys):
+    from training.train import main
+
+    code = main(args)
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["optim.lrr=1"], "unknown key optim.lrr"),
+        (["model.variant=rtvpnet_xl"], "model.variant"),
+        (["data.batch_size=many"], "data.batch_size: expected an integer"),
+        (["data.root={tmp}/missing"], "data set directory"),
+        (["data.train_classes=[purple]"], "data.train_classes: ['purple']"),
+    ],
+)
+def test_train_config_errors_exit_2_naming_the_key(rig_data, tmp_path, capsys, overrides, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"data": {"root": str(rig_data["closed"])}, "output": {"dir": str(tmp_path)}, "device": "cpu"}
+        )
+    )
+    code, cap = _train_main(["--config", str(cfg), *[o.format(tmp=tmp_path) for o in overrides]], capsys)
+    assert code == 2, cap.err
+    assert cap.err.startswith("rtvp-train: error:") and needle in cap.err
+
+
+def test_train_names_the_broken_annotation_file(rig_data, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(rig_data["closed"], root)
+    ann = root / "annotations" / "train.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"] = [10, 10, -5, 3]  # negative width
+    ann.write_text(json.dumps(data))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"data": {"root": str(root)}, "output": {"dir": str(tmp_path)}, "device": "cpu"})
+    )
+    code, cap = _train_main(["--config", str(cfg)], capsys)
+    assert code == 2 and "train.json" in cap.err

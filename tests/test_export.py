@@ -1,0 +1,328 @@
+"""rtvp-export pipeline on a small detector double (fast): ONNX parity, OpenVINO INT8 bundle with golden
+self-test and tamper refusal, INT8 detections against FP32, vocabulary swap, atomic writing, bad input.
+
+The double honours the ``forward_inference`` contract (export/testing.py); tests/test_export_checkpoint.py
+runs the same pipeline from a real rtvpnet_tiny checkpoint through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from export.calibration import build_calibration_set, list_images
+from export.cli import main
+from export.embeddings import load_vocabulary, resolve_embeddings
+from export.errors import ExportError
+from export.golden import check_golden, decode
+from export.pipeline import ExportOptions, accuracy_guard, export_bundle, runner_for, verify_bundle
+from export.runners import OpenVINORunner, TorchRunner
+from export.source import ExportSource, find_newest_checkpoint
+from export.testing import TinyGlassDetector
+from export.wrapper import build_wrapper
+from rtvp_edge.bundle import BundleError, VocabularyClass, load_manifest
+from rtvp_edge.preprocess import PreprocessSpec, preprocess
+from rtvp_edge.vocabulary import GLASS_DEFECTS
+
+torch.set_num_threads(1)
+SIZE = (128, 128)
+DIM = 32
+THRESHOLD = 0.15  # the random double scores well below the usual 0.25; golden samples need detections
+
+
+def _classes(n: int = len(GLASS_DEFECTS)) -> list[VocabularyClass]:
+    return [VocabularyClass(name=c.name, prompt=c.prompt) for c in GLASS_DEFECTS[:n]]
+
+
+def _embeddings(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
+
+
+def _source() -> ExportSource:
+    torch.manual_seed(0)
+    classes = _classes()
+    return ExportSource(
+        model=TinyGlassDetector(SIZE, DIM).eval(),
+        model_name="tiny_double",
+        preprocess=PreprocessSpec(SIZE),
+        classes=classes,
+        text_encoder=f"random:{DIM}",
+        text_embeddings=_embeddings(len(classes)),
+    )
+
+
+@pytest.fixture(scope="module")
+def glass_data(tmp_path_factory):
+    """A small generated glass-container data set (closed protocol: Images/, annotations/)."""
+    gen = pytest.importorskip("training.data.generate", reason="the rig's data generator is not installed")
+    out = tmp_path_factory.mktemp("glass")
+    roots = gen.generate_dataset(out, containers=8, protocol="closed", seed=3, progress=False)
+    return roots["closed"]
+
+
+def _options(data, **kw) -> ExportOptions:
+    base = dict(
+        calib_data=data,
+        calib_size=16,
+        eval_size=12,
+        golden_count=2,
+        score_threshold=THRESHOLD,
+        progress=False,
+    )
+    base.update(kw)
+    return ExportOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(glass_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "int8"
+    manifest = export_bundle(_source(), out, _options(glass_data, target="openvino", int8=True))
+    return out, manifest
+
+
+def test_onnx_target_parity_and_dynamic_batch(glass_data, tmp_path):
+    src = _source()
+    out = tmp_path / "onnx"
+    m = export_bundle(src, out, _options(glass_data, target="onnx"))
+    assert [a.backend for a in m.artifacts] == ["onnxruntime"]
+    parity = m.source_checkpoint["parity"]["onnxruntime"]
+    assert parity["max_score_diff"] < 1e-3 and parity["images"] >= 2
+    # Independently of the pipeline's own check: batch of 3 real images through ONNX Runtime vs PyTorch.
+    images = [cv2.imread(str(p)) for p in list_images(glass_data / "Images" / "val")[:3]]
+    batch, _ = preprocess(images, src.preprocess)
+    ref = TorchRunner(build_wrapper(src.model, "folded", src.text_embeddings))(batch)
+    got = runner_for(out, m, m.artifact("onnxruntime"))(batch)
+    assert got[0].shape == ref[0].shape == (3, ref[0].shape[1], 4)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-4)
+    np.testing.assert_allclose(got[0], ref[0], atol=1e-2)
+    assert verify_bundle(out) == {"onnxruntime": 2}
+
+
+def test_openvino_int8_bundle_passes_its_golden_self_test(int8_bundle):
+    out, _ = int8_bundle
+    m = load_manifest(out)
+    art = m.artifact("openvino")
+    assert art.precision == "int8"
+    assert any("head output path" in k for k in art.kept_float)
+    assert any("image_encoder" in k for k in art.kept_float)
+    assert m.accuracy is not None and set(m.accuracy.fp32) >= {"AP", "AP50"}
+    assert m.calibration["images"] == 16 and m.calibration["fake_quantize_ops"] > 0
+    golden = [g for g in m.golden if g.backend == "openvino"]
+    assert golden and sum(len(g.detections) for g in golden) > 0, (
+        "golden samples without detections test nothing"
+    )
+    runner = OpenVINORunner(out / art.path, None, art.properties)
+    assert check_golden(out, m, "openvino", runner) == len(golden)
+
+
+def test_golden_check_catches_a_different_model(int8_bundle):
+    out, _ = int8_bundle
+    m = load_manifest(out)
+    torch.manual_seed(123)  # other weights: other detections
+    other = TorchRunner(build_wrapper(TinyGlassDetector(SIZE, DIM).eval(), "folded", _embeddings(8)))
+    with pytest.raises(ExportError, match="golden self-test"):
+        check_golden(out, m, "openvino", other)
+
+
+def test_int8_detects_where_fp32_does(int8_bundle, glass_data):
+    out, m = int8_bundle
+    spec = m.preprocess.spec()
+    names = [c.name for c in m.vocabulary.classes]
+    fp32 = runner_for(out, m, m.artifact("onnxruntime"))
+    int8 = runner_for(out, m, m.artifact("openvino"))
+    matched = total = 0
+    for path in list_images(glass_data / "Images" / "val")[:6]:
+        img = cv2.imread(str(path))
+        ref, got = decode(fp32, img, spec, names, m.thresholds), decode(int8, img, spec, names, m.thresholds)
+        for r in ref:
+            total += 1
+            matched += any(g.class_id == r.class_id and _iou(g.box, r.box) > 0.5 for g in got)
+    assert total > 0
+    assert matched / total >= 0.8, f"INT8 found {matched} of {total} FP32 detections"
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize(
+    "victim", ["openvino/model.bin", "openvino/model.xml", "text_embeddings.npy", "golden/000.png"]
+)
+def test_bundle_refused_after_one_byte_changes(int8_bundle, tmp_path, victim):
+    import shutil
+
+    out, _ = int8_bundle
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    p = copy / victim
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=victim.split("/")[-1]):
+        load_manifest(copy)
+    assert main(["verify", "--bundle", str(copy)]) == 2
+
+
+def test_input_mode_vocabulary_swap(glass_data, tmp_path, capsys):
+    src = _source()
+    out = tmp_path / "input"
+    m = export_bundle(src, out, _options(glass_data, target="openvino", vocab_mode="input"))
+    assert m.io.embeddings_input == "text_embeddings"
+    # A new, smaller vocabulary; embeddings from the cache the test pre-fills (the encoder is another part).
+    new = _classes(3)
+    vocab_file = tmp_path / "vocab.yaml"
+    vocab_file.write_text(yaml.safe_dump({"classes": [{"name": c.name, "prompt": c.prompt} for c in new]}))
+    cache = tmp_path / "cache"
+    _fill_cache(cache, src.text_encoder, new, _embeddings(3, seed=7).numpy())
+    before = load_manifest(out)
+    assert main(["vocab", "--bundle", str(out), "--vocab", str(vocab_file), "--cache-dir", str(cache)]) == 0
+    after = load_manifest(out)  # hashes rewritten and consistent
+    assert [c.name for c in after.vocabulary.classes] == [c.name for c in new]
+    assert after.vocabulary.embeddings_sha256 != before.vocabulary.embeddings_sha256
+    assert after.files["openvino/model.bin"] == before.files["openvino/model.bin"]  # not recompiled
+    emb = np.load(out / "text_embeddings.npy")
+    assert emb.shape == (3, DIM)
+    _, scores = runner_for(out, after, after.artifact("openvino"))(np.zeros((1, 3, *SIZE), np.float32))
+    assert scores.shape[-1] == 3
+    assert verify_bundle(out) == {"openvino": 2}
+
+
+def _fill_cache(cache, encoder, classes, emb):
+    from export.embeddings import cache_key
+
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(cache / f"{cache_key(encoder, classes)}.npy", emb.astype(np.float32))
+
+
+def test_vocab_swap_refuses_folded_bundle_and_wrong_width(int8_bundle, tmp_path, capsys):
+    out, m = int8_bundle
+    vocab_file = tmp_path / "vocab.yaml"
+    vocab_file.write_text(yaml.safe_dump([{"name": "oil", "prompt": "oil on glass"}]))
+    assert main(["vocab", "--bundle", str(out), "--vocab", str(vocab_file)]) == 2
+    assert "folded" in capsys.readouterr().err
+    # Embeddings of the wrong width do not fit the model.
+    with pytest.raises(ExportError, match="width 16 does not fit"):
+        cache = tmp_path / "cache"
+        classes = load_vocabulary(vocab_file)
+        _fill_cache(cache, "random:16", classes, np.ones((1, 16), np.float32))
+        resolve_embeddings(_classes(), _embeddings(8).numpy(), "random:16", classes, cache)
+
+
+def test_failed_export_leaves_no_bundle(glass_data, tmp_path):
+    class Broken(TinyGlassDetector):
+        def forward_inference(self, images, text_embeds):
+            boxes, scores = super().forward_inference(images, text_embeds)
+            return boxes, scores[..., :-1]  # one class short: parity/decoding must fail
+
+    src = _source()
+    src.model = Broken(SIZE, DIM).eval()
+    out = tmp_path / "b"
+    with pytest.raises((ExportError, ValueError)):
+        export_bundle(src, out, _options(glass_data, target="openvino"))
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [], "a temp folder was left behind"
+
+
+def test_existing_bundle_is_not_replaced_without_overwrite(glass_data, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="already exists"):
+        export_bundle(_source(), out, _options(glass_data, target="onnx"))
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_accuracy_guard():
+    fp32 = {"AP": 40.0, "AP50": 80.0, "AP75": 40.0}
+    assert accuracy_guard(fp32, {**fp32, "AP50": 79.5}, 1.0, False, "val") == 0.5
+    with pytest.raises(ExportError, match=r"dropped by 2.00 points .* --max-ap-drop 1"):
+        accuracy_guard(fp32, {**fp32, "AP50": 78.0}, 1.0, False, "val")
+    assert accuracy_guard(fp32, {**fp32, "AP50": 78.0}, 1.0, True, "val") == 2.0  # --force
+
+
+def test_calibration_set_errors_and_warning(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExportError, match=f"no images in {empty}"):
+        build_calibration_set(empty, PreprocessSpec(SIZE), 10)
+    with pytest.raises(ExportError, match="not found"):
+        build_calibration_set(tmp_path / "nope", PreprocessSpec(SIZE), 10)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), np.full((40, 60, 3), 50 * i, np.uint8))
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ExportError, match="bad.png"):
+        build_calibration_set(tmp_path / "imgs", PreprocessSpec(SIZE), 10, progress=False)
+    (tmp_path / "imgs" / "bad.png").unlink()
+    cs = build_calibration_set(tmp_path / "imgs", PreprocessSpec(SIZE), 10, progress=False)
+    assert len(cs) == 3 and next(cs.batches(2)).shape == (2, 3, *SIZE)
+    assert "recommended" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[]", "non-empty list"),
+        ("- {name: oil}", "'prompt' must be a non-empty string"),
+        ("- {name: oil, prompt: a, colour: red}", "unknown key"),
+        ("- {name: oil, prompt: a}\n- {name: oil, prompt: b}", "duplicate class name 'oil'"),
+        ("classes: [{name: oil, prompt: a}]\nextra: 1", "unknown key"),
+        ("{: [", "not valid YAML"),
+    ],
+)
+def test_vocabulary_file_errors(tmp_path, content, message):
+    f = tmp_path / "v.yaml"
+    f.write_text(content)
+    with pytest.raises(ExportError, match=message):
+        load_vocabulary(f)
+
+
+def test_cli_bad_input_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--checkpoint", "missing.pt"], "checkpoint missing.pt not found"),
+        (["--int8"], "no runs folder"),
+        (["--target", "tensorrt", "--checkpoint", "x.pt"], "not supported on this machine"),
+        (["--target", "coreml"], "choose one of onnx, openvino, tensorrt"),
+        (["--target", "onnx", "--half"], "--half with --target onnx"),
+        (["--vocab-mode", "both"], "--vocab-mode 'both'"),
+        (["--accuracy-control"], "--accuracy-control needs --int8"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    with pytest.raises(ExportError, match="no checkpoint"):
+        find_newest_checkpoint(tmp_path / "runs")
+
+
+def test_newest_checkpoint_prefers_best_of_newest_run(tmp_path):
+    import os
+    import time
+
+    for run, names in (("old", ("best.pt", "last.pt")), ("new", ("last.pt", "best.pt"))):
+        (tmp_path / run).mkdir()
+        for n in names:
+            (tmp_path / run / n).write_bytes(b"x")
+    t = time.time()
+    os.utime(tmp_path / "old" / "best.pt", (t - 100, t - 100))
+    os.utime(tmp_path / "old" / "last.pt", (t - 100, t - 100))
+    assert find_newest_checkpoint(tmp_path) == tmp_path / "new" / "best.pt"
+
+
+def test_manifest_records_toolchain_and_precision(int8_bundle):
+    out, _ = int8_bundle
+    raw = json.loads((out / "manifest.json").read_text())
+    assert {"torch", "onnx", "openvino", "nncf", "onnxruntime"} <= set(raw["toolchain"])
+    assert raw["vocabulary"]["mode"] == "folded"
+    assert raw["artifacts"][1]["properties"]["INFERENCE_PRECISION_HINT"] in ("bf16", "f32", "f16")

@@ -1,0 +1,7 @@
+"""``python -m training.data`` = ``rtvp-data``."""
+
+import sys
+
+from training.data.cli import main
+
+sys.exit(main())

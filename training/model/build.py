@@ -1,0 +1,206 @@
+"""Model configuration and one builder per variant (segment-anything ``build_sam.py`` style).
+
+``ModelConfig`` holds a switch for every component so the paper's ablations (Tables VII, VIII, IX, XI,
+XII) can be rerun with the same code. Size fields left at ``None`` take the variant's literal values;
+``build_model`` stores the resolved config on the model (``model.config``) for checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .domain_projection import DomainProjection
+from .expert import C2FExpert
+from .head import DetectionHead
+from .interaction import TextVisualAttention, VisualTextUpdate
+from .loss import DetectionLoss, TaskAlignedAssigner
+from .rtvpnet import RTVPNet
+from .sam_encoder import SamImageEncoder
+from .visual_prompt import RefinedVisualPrompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """RTVPNet configuration. Unknown keys / wrong types / bad values raise ValueError naming the field.
+
+    Switches (TPAMI ablations): ``edp`` (expert-assisted domain projection: SAM branch on), ``projection``
+    (masked reconstruction + alignment loss inside EDP), ``pretrain`` (train the expert alone first, read
+    by the training loop), ``update`` (dynamic expert updating in the joint stage), ``rvp``, ``tv``, ``vt``.
+    """
+
+    variant: str = "rtvpnet_tiny"
+    # Component switches.
+    edp: bool = True
+    projection: bool = True
+    pretrain: bool = True
+    update: bool = True
+    rvp: bool = True
+    tv: bool = True
+    vt: bool = True
+    # Sizes: None = the variant's literal value.
+    img_size: int | None = None  # expert input, square, multiple of 32
+    sam_img_size: int | None = None  # SAM branch input, multiple of 32
+    width: float | None = None
+    depth: float | None = None
+    max_channels: int | None = None
+    text_dim: int = 512
+    reg_max: int = 16
+    # Paper hyper-parameters.
+    mask_ratio: float = 0.2
+    patch: int = 32
+    energy_lambda: float = 1e-4
+    expert_lr_scale: float = 0.1
+    # Loss gains and assignment.
+    loss_box: float = 7.5
+    loss_cls: float = 0.5
+    loss_dfl: float = 1.5
+    loss_align: float = 1.0
+    loss_rvp: float = 1.0
+    assign_topk: int = 10
+    assign_alpha: float = 0.5
+    assign_beta: float = 6.0
+    # Weights of the frozen MobileSAM encoder (mobile_sam.pt); None = random init (warned).
+    sam_checkpoint: str | None = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if v is None and "None" in t:
+                continue
+            if t.startswith("bool") and not isinstance(v, bool):
+                raise ValueError(f"model.{f.name}: expected true/false, got {v!r}")
+            if t.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"model.{f.name}: expected an integer, got {v!r}")
+            if t.startswith("float"):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"model.{f.name}: expected a number, got {v!r}")
+                setattr(self, f.name, float(v))
+            if t.startswith("str") and not isinstance(v, str):
+                raise ValueError(f"model.{f.name}: expected a string, got {v!r}")
+        if self.variant not in MODEL_REGISTRY:
+            raise ValueError(f"model.variant: unknown {self.variant!r}, choose from {sorted(MODEL_REGISTRY)}")
+        for name in ("img_size", "sam_img_size"):
+            v = getattr(self, name)
+            if v is not None and (v < 64 or v % 32):
+                raise ValueError(f"model.{name}: must be a multiple of 32 and >= 64, got {v}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"model.mask_ratio: must be in [0, 1), got {self.mask_ratio}")
+        if self.patch < 8 or self.patch & (self.patch - 1):
+            raise ValueError(f"model.patch: must be a power of two >= 8, got {self.patch}")
+        for name in ("width", "depth"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 2:
+                raise ValueError(f"model.{name}: must be in (0, 2], got {v}")
+        positive = ("text_dim", "reg_max", "assign_topk", "energy_lambda", "max_channels")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"model.{name}: must be > 0, got {v}")
+        if not 0.0 <= self.expert_lr_scale <= 10.0:
+            raise ValueError(f"model.expert_lr_scale: must be in [0, 10], got {self.expert_lr_scale}")
+        if self.projection and not self.edp:
+            # Projection is a part of EDP; without the SAM branch there is nothing to project.
+            log.info("model.projection ignored because model.edp is false")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a plain dict (YAML / checkpoint); unknown keys are errors that name them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> ModelConfig:
+        """Copy with the variant's literal sizes filled in where this config leaves ``None``."""
+        defaults = VARIANT_SIZES[self.variant]
+        updates = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **updates)
+
+
+def _assemble(cfg: ModelConfig) -> RTVPNet:
+    """Build every part from a resolved config and pass them to RTVPNet as keyword arguments."""
+    expert = C2FExpert(cfg.width, cfg.depth, cfg.max_channels)
+    spec = expert.output_shape()
+    channels = [s.channels for s in spec.values()]
+    strides = [s.stride for s in spec.values()]
+    sam = projection = rvp = tv = vt = None
+    if cfg.edp:
+        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint)
+        projection = DomainProjection(sam.output_shape(), spec, cfg.projection, cfg.mask_ratio, cfg.patch)
+    if cfg.rvp:
+        rvp = nn.ModuleList(
+            RefinedVisualPrompt(c, s, cfg.patch, cfg.energy_lambda)
+            for c, s in zip(channels, strides, strict=True)
+        )
+    if cfg.tv:
+        tv = nn.ModuleList(TextVisualAttention(c, cfg.text_dim) for c in channels)
+    if cfg.vt:
+        vt = VisualTextUpdate(channels, cfg.text_dim)
+    det_loss = DetectionLoss(
+        cfg.loss_box,
+        cfg.loss_cls,
+        cfg.loss_dfl,
+        TaskAlignedAssigner(cfg.assign_topk, cfg.assign_alpha, cfg.assign_beta),
+    )
+    return RTVPNet(
+        expert=expert,
+        head=DetectionHead(channels, strides, cfg.text_dim, cfg.reg_max),
+        det_loss=det_loss,
+        sam=sam,
+        projection=projection,
+        rvp=rvp,
+        tv=tv,
+        vt=vt,
+        update_expert=cfg.update,
+        expert_lr_scale=cfg.expert_lr_scale,
+        loss_gains={"align": cfg.loss_align, "rvp": cfg.loss_rvp},
+        text_dim=cfg.text_dim,
+        config=cfg,
+    )
+
+
+def build_rtvpnet_s(cfg: ModelConfig | None = None) -> RTVPNet:
+    """RTVPNet-S: C2F-S expert (YOLOv8-S widths and depths) at 640 px; the frozen SAM branch runs at
+    256 px, the largest size that keeps the deployed model within YOLO-World-S's 32.8 GFLOPs
+    (31.9 GFLOPs, 2xMAC; every choice is in benchmarks/results/model.md)."""
+    cfg = cfg or ModelConfig(variant="rtvpnet_s")
+    return _assemble(cfg.resolved())
+
+
+def build_rtvpnet_tiny(cfg: ModelConfig | None = None) -> RTVPNet:
+    """RTVPNet-tiny for CPU, CI and demos: narrow expert, SAM branch at 128 px."""
+    cfg = cfg or ModelConfig(variant="rtvpnet_tiny")
+    return _assemble(cfg.resolved())
+
+
+# Literal sizes per variant (the builders' hyper-parameters).
+VARIANT_SIZES: dict[str, dict[str, Any]] = {
+    "rtvpnet_s": dict(img_size=640, sam_img_size=256, width=0.5, depth=0.33, max_channels=1024),
+    "rtvpnet_tiny": dict(img_size=320, sam_img_size=128, width=0.125, depth=0.33, max_channels=1024),
+}
+
+MODEL_REGISTRY = {
+    "rtvpnet_s": build_rtvpnet_s,
+    "rtvpnet_tiny": build_rtvpnet_tiny,
+}
+
+
+def build_model(cfg: ModelConfig) -> RTVPNet:
+    """Build the variant named by ``cfg.variant`` with ``cfg``'s switches and sizes."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
+    return MODEL_REGISTRY[cfg.variant](cfg)
