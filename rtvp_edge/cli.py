@@ -17,7 +17,8 @@ from pathlib import Path
 
 from rtvp_edge import __version__
 from rtvp_edge.bundle import BundleError, load_manifest
-from rtvp_edge.config import ConfigError, LineConfig, load_line_config
+from rtvp_edge.config import ConfigError, load_line_config
+from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
 
 log = logging.getLogger("rtvp_edge")
 
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
     li.add_argument("--max", type=int, default=None, help="exit after this many messages")
     li.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
+    li.add_argument("--defects", action="store_true", help="also print one line per defect event")
     return p
 
 
@@ -70,12 +72,6 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def topic_root(config: LineConfig) -> str:
-    root = getattr(config.mqtt, "topic_root", None)
-    ids = config.line
-    return root or f"rtvp/{ids.site}/{ids.line}/{ids.station}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -106,6 +102,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         build_policy(config, manifest)
     finally:
         backend.close()
+    config.mqtt.check_files()  # TLS files exist
+    config.mqtt.password()  # the password variable is set (its value is never printed)
     kinds = ", ".join(f"{c.id}={c.kind}" for c in config.cameras)
     selftest = (
         "golden self-test passed" if m.selftest else "golden self-test DISABLED (model.selftest: false)"
@@ -119,6 +117,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rtvp_edge.broker import broker_for
     from rtvp_edge.live import LiveLine
     from rtvp_edge.pipeline import build_pipeline
     from rtvp_edge.verdict import verdict_record
@@ -142,10 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
-            if not args.no_mqtt and getattr(config.mqtt, "broker", "external") == "embedded":
-                from rtvp_edge.broker import EmbeddedBroker
-
-                stack.enter_context(EmbeddedBroker(config.mqtt.host, config.mqtt.port))
+            if not args.no_mqtt:
+                stack.enter_context(broker_for(config.mqtt))  # embedded: a localhost broker for the demo
             live = None if args.no_live else LiveLine()
             sinks = []
             if args.jsonl is not None:
@@ -160,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pipeline = build_pipeline(config, sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
             if pipeline.publisher is not None:
-                pipeline.publisher.start()
+                pipeline.publisher.start()  # MqttConnectError: refused login / TLS -> exit 2
 
             def tick(p):
                 if live is not None:
@@ -173,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     v = summary.verdicts
+    if pipeline.fatal:
+        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
     print(
         f"done: {summary.parts} parts in {summary.duration_s:.1f} s: OK {v.get('OK', 0)}, NG {v.get('NG', 0)}, "
         f"INCOMPLETE {v.get('INCOMPLETE', 0)}",
@@ -183,9 +182,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from rtvp_edge.listen import run_listen
+    from rtvp_edge.pipeline import station_ids
 
     config = load_line_config(args.line)
-    run_listen(config.mqtt, topic_root(config), out=sys.stdout, max_messages=args.max, timeout=args.timeout)
+    root = config.mqtt.station_root(station_ids(config))
+    run_listen(
+        config.mqtt,
+        root,
+        out=sys.stdout,
+        max_messages=args.max,
+        timeout=args.timeout,
+        show_defects=args.defects,
+    )
     return EXIT_OK
 
 
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         return cmd_listen(args)
-    except (ConfigError, BundleError) as e:
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return EXIT_OK

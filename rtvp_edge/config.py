@@ -28,10 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-try:  # the MQTT engineer owns the schema of the ``mqtt:`` section
-    from rtvp_edge.mqtt import MqttConfig
-except ImportError:  # pragma: no cover - until rtvp_edge/mqtt.py is on main
-    from rtvp_edge.mqtt_config_tmp import MqttConfig
+from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
 
 
 class ConfigError(Exception):
@@ -128,9 +125,11 @@ class CameraConfig(_Strict):
 class SimConfig(_Strict):
     """The simulated rotating rig (cameras with ``source: sim``)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     line_rate_hz: float = Field(2.0, gt=0)  # containers per second through the gate
-    defect_free_share: float | None = Field(None, ge=0, le=1)
+    defect_free_share: float | None = Field(None, ge=0, le=1)  # None: the rig's default
+    n_containers: int | None = Field(None, ge=1)  # a finite run (None: endless, like a real line)
+    realtime: bool = True  # False: frames as fast as the pipeline takes them (benchmarks)
 
 
 class AssemblyConfig(_Strict):
@@ -242,7 +241,7 @@ class EvidenceConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    metrics_interval_s: float = Field(10.0, gt=0)
+    # (the metrics period is mqtt.metrics_interval_s: metrics are an MQTT event)
     queue_size: int = Field(8, ge=1)  # bounded queues between stages (parts)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

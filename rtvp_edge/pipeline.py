@@ -25,14 +25,16 @@ from pathlib import Path
 
 from rtvp_edge.assembler import AssembledPart, PartAssembler
 from rtvp_edge.backends import Backend, load_backend
-from rtvp_edge.bundle import BundleError, BundleManifest, load_manifest
+from rtvp_edge.bundle import BundleManifest, load_manifest
 from rtvp_edge.config import ConfigError, LineConfig
+from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
 from rtvp_edge.messages import CameraSource, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
+from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.selftest import run_golden_selftest
-from rtvp_edge.sources import CameraWorker, FrameBuffer, build_sources
+from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
 from rtvp_edge.verdict import VerdictPolicy
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class Pipeline:
         self._max_parts: int | None = None
         self._opened: set[int] = set()
         self.ignored_frames = 0
+        self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
         self._threads: list[threading.Thread] = []
 
     # -- status --------------------------------------------------------------------------------------
@@ -147,12 +150,20 @@ class Pipeline:
                 parts += self.assembler.poll()
                 for p in parts:
                     self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
-                workers_done = not any(w.alive for w in self.workers.values())
-                buffered = any(len(w.buffer) for w in self.workers.values())
-                if workers_done and not buffered:
+                workers = self.workers.values()
+                buffered = any(len(w.buffer) for w in workers)
+                workers_done = not any(w.alive for w in workers)
+                # A recorded/finite line is over when its sources ended and the only cameras left are
+                # failing ones (BACKOFF): their parts can no longer complete, waiting would hang the run.
+                ended = any(w.finished for w in workers) and all(
+                    not w.alive or w.state == CameraState.BACKOFF for w in workers
+                )
+                if (workers_done or ended) and not buffered:
                     reason = "runtime stopped" if self._stop.is_set() else "sources ended"
                     for p in self.assembler.flush(reason):
                         self.part_queue.put(p)
+                    if not workers_done:
+                        self.request_stop()
                     break
                 if (
                     self._max_parts is not None
@@ -337,7 +348,7 @@ class Pipeline:
         t0 = time.monotonic()
         self.start(max_parts)
         last_metrics = t0
-        interval = self.config.runtime.metrics_interval_s
+        interval = self.config.mqtt.metrics_interval_s
         try:
             while not self._done.wait(tick_s):
                 now = time.monotonic()
@@ -348,6 +359,10 @@ class Pipeline:
                 if now - last_metrics >= interval:
                     self.publish_metrics()
                     last_metrics = now
+                if self.publisher is not None and getattr(self.publisher, "error", None) is not None:
+                    # the broker refused us (credentials/TLS): stop rather than fill the outbox for hours
+                    self.fatal = str(self.publisher.error)
+                    self.request_stop()
                 if on_tick is not None:
                     on_tick(self)
         finally:
@@ -471,12 +486,12 @@ def build_pipeline(
         raise
 
 
-def _build_publisher(config: LineConfig, info: dict):
-    try:
-        from rtvp_edge.mqtt import EventPublisher
-    except ImportError as e:
-        raise BundleError(f"MQTT publishing is not available in this install ({e})") from None
-    from rtvp_edge.events import StationIds
-
+def station_ids(config: LineConfig) -> StationIds:
     ids = config.line
-    return EventPublisher(config.mqtt, StationIds(ids.site, ids.line, ids.station), info)
+    return StationIds(ids.site, ids.line, ids.station)
+
+
+def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
+    """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
+    ``MqttConnectError`` for refused credentials)."""
+    return EventPublisher(config.mqtt, station_ids(config), info)

@@ -57,7 +57,7 @@ assembly: {{views_per_part: {n}, timeout_s: {timeout}}}
 model: {{bundle: {bundle}, backend: {backend}, threads: 1}}
 detection: {{score_threshold: 0.5}}
 evidence: {{dir: {evidence}, max_files: 100}}
-runtime: {{metrics_interval_s: 0.5, queue_size: 4}}
+runtime: {{queue_size: 4}}
 """
 
 

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from rtvp_edge.config import CameraConfig, LineConfig, SimConfig
 from rtvp_edge.messages import CameraSource
 from rtvp_edge.sources.camera import CameraState, CameraWorker, CorruptFrame, FrameBuffer
@@ -19,12 +17,23 @@ def build_sim_rig(sim: SimConfig, cameras: list[CameraConfig]):
     """The simulated rotating rig for the ``source: sim`` cameras, ordered by view index."""
     from rtvp_edge.rig import RigConfig, SimulatedRig
 
-    known = {f.name for f in dataclasses.fields(RigConfig)}
-    kwargs = {"seed": sim.seed}
-    if sim.defect_free_share is not None and "defect_free_share" in known:
+    kwargs: dict = {"seed": sim.seed}
+    if sim.defect_free_share is not None:
         kwargs["defect_free_share"] = sim.defect_free_share
-    ids = tuple(c.id for c in sorted(cameras, key=lambda c: c.view))
-    return SimulatedRig(RigConfig(**kwargs), line_rate_hz=sim.line_rate_hz, camera_ids=ids)
+    sizes = {(c.resolution.height, c.resolution.width) for c in cameras if c.resolution}
+    if len(sizes) > 1:
+        raise ValueError(f"sim cameras must share one resolution, got {sorted(sizes)}")
+    if sizes:
+        kwargs["image_size"] = sizes.pop()
+    cams = sorted(cameras, key=lambda c: c.view)
+    return SimulatedRig(
+        RigConfig(**kwargs),
+        line_rate_hz=sim.line_rate_hz,
+        camera_ids=tuple(c.id for c in cams),
+        views=tuple(c.view for c in cams),
+        n_containers=sim.n_containers,
+        realtime=sim.realtime,
+    )
 
 
 def build_sources(config: LineConfig) -> tuple[dict[str, CameraSource], object | None]:
