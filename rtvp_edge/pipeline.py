@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtvp_edge.assembler import AssembledPart, PartAssembler
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
 from rtvp_edge.backends import Backend, load_backend
 from rtvp_edge.bundle import BundleManifest, load_manifest
 from rtvp_edge.config import ConfigError, LineConfig
@@ -69,6 +69,7 @@ class Pipeline:
         status_sinks: callables taking (component, state, message) for camera/stage state changes.
         model_info: bundle identity for logs and metrics.
         rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
+        plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Pipeline:
         status_sinks: Sequence[StatusSink] = (),
         model_info: dict | None = None,
         rig=None,
+        plc: PlcPartIds | None = None,
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
@@ -103,7 +105,10 @@ class Pipeline:
                 cam.reconnect_initial_s, cam.reconnect_max_s, self._camera_status,
             )  # fmt: skip
         a = config.assembly
-        self.assembler = PartAssembler(a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts)
+        self.plc = plc
+        self.assembler = PartAssembler(
+            a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
+        )
         qs = config.runtime.queue_size
         self.part_queue: queue.Queue = queue.Queue(qs)
         self.result_queue: queue.Queue = queue.Queue(qs + config.model.infer_requests)
@@ -310,6 +315,12 @@ class Pipeline:
             "late_frames": self.assembler.stats.late_frames,
             "duplicate_frames": self.assembler.stats.duplicate_frames,
         }
+        if self.plc is not None:
+            extra["plc"] = {
+                "received": self.plc.received,
+                "missing": self.plc.missing,
+                "malformed": self.plc.malformed,
+            }
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -377,6 +388,8 @@ class Pipeline:
 
     def close(self, flush_timeout: float = 10.0) -> None:
         """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
+        if self.plc is not None:
+            self.plc.stop()
         if self.publisher is not None:
             try:
                 self.publisher.stop(flush_timeout)
@@ -478,8 +491,15 @@ def build_pipeline(
         info = model_info(manifest, m.backend)
         if publisher is None and use_mqtt:
             publisher = _build_publisher(config, info)
+        plc = None
+        if config.assembly.part_id == "plc":
+            ids = config.line
+            plc = PlcPartIds(
+                config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
+            )
+            plc.start()
         return Pipeline(
-            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig
+            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
         )
     except BaseException:
         backend.close()

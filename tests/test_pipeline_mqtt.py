@@ -149,3 +149,36 @@ def test_rig_camera_dying_mid_run_makes_its_parts_incomplete(tmp_path, bundle, m
             assert [x["camera_id"] for x in v["views"]] == ["L1", "L2", "L3", "R1", "R3"]  # others judged
     assert p.workers["R2"].stats.reconnects >= 1
     assert p.workers["L1"].stats.frames == n
+
+
+def test_part_ids_from_the_plc(tmp_path, bundle, mosquitto):
+    from test_pipeline import line_file, recorded_line
+
+    rec = recorded_line(tmp_path, 5, ng_parts=set())
+    line = line_file(tmp_path, bundle, rec, fps=20)
+    text = line.read_text().replace(
+        "assembly: {views_per_part: 3,",
+        "assembly: {part_id: plc, plc_topic: plc/glass-1/part, views_per_part: 3,",
+    )
+    line.write_text(text + f"mqtt: {{broker: external, host: 127.0.0.1, port: {mosquitto.port}}}\n")
+    cfg = load_line_config(line)
+    p = build_pipeline(cfg, use_mqtt=False)  # subscribed to the PLC topic when built
+    plc = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-plc")
+    plc.connect(mosquitto.host, mosquitto.port)
+    plc.loop_start()
+    plc.publish("plc/glass-1/part", b"{not json", qos=1).wait_for_publish(5)
+    for seq in range(4):  # the PLC misses trigger 4
+        plc.publish(
+            "plc/glass-1/part", json.dumps({"trigger_seq": seq, "part_id": f"B7-{seq:04d}"}), qos=1
+        ).wait_for_publish(5)
+    end = time.monotonic() + 10
+    while p.plc.received < 4 and time.monotonic() < end:
+        time.sleep(0.02)
+    got = []
+    p.sinks.append(got.append)
+    summary = p.run()
+    p.close()
+    plc.loop_stop()
+    plc.disconnect()
+    assert sorted(v.part_id for v in got) == ["B7-0000", "B7-0001", "B7-0002", "B7-0003", "T00000004"]
+    assert summary.metrics["plc"] == {"received": 4, "missing": 1, "malformed": 1}
