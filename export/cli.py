@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from export.errors import ExportError
+from export.int8_policy import DEFAULT_FLOAT_BLOCKS
 
 log = logging.getLogger("rtvp_export")
 
@@ -67,6 +68,12 @@ def _export_parser() -> argparse.ArgumentParser:
         help="keep this model block out of INT8 (repeatable)",
     )
     p.add_argument(
+        "--float-blocks",
+        default=DEFAULT_FLOAT_BLOCKS,
+        metavar="REGEX",
+        help="INT8: top-level model blocks kept entirely float (default %(default)r)",
+    )
+    p.add_argument(
         "--quantize-all-blocks",
         action="store_true",
         help="also quantize the blocks kept float by default (the SAM image encoder)",
@@ -106,7 +113,7 @@ def run_export(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         eval_size=args.eval_size,
         keep_float=list(args.keep_float),
-        quantize_all_blocks=args.quantize_all_blocks,
+        float_blocks=None if args.quantize_all_blocks else args.float_blocks,
         golden_count=args.golden,
         score_threshold=args.score_threshold,
         overwrite=args.overwrite,

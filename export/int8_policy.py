@@ -122,7 +122,7 @@ def keep_float_policy(
         for b in block_names:
             if re.search(float_blocks, b):
                 keep.blocks.append(prefix_of(b))
-                keep.reasons.append(f"block {b}: INT8 not faster than bf16 on this CPU class")
+                keep.reasons.append(f"block {b}: kept float (policy {float_blocks!r})")
     for p in extra_patterns:
         prefix = p if p.startswith("/") and p.endswith("/") else prefix_of(p)
         keep.blocks.append(prefix)
