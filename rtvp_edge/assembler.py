@@ -60,6 +60,9 @@ class AssemblerStats:
     incomplete: int = 0
     late_frames: int = 0
     duplicate_frames: int = 0
+    gap_parts: int = 0  # triggers no camera delivered a frame for (every view dropped or lost)
+    lost_triggers: int = 0  # gaps too large to track part by part (counted only)
+    ignored_frames: int = 0  # frames of triggers beyond max_parts
 
 
 class PartAssembler:
@@ -70,6 +73,11 @@ class PartAssembler:
         timeout_s: seconds after the first frame of a part after which it is emitted incomplete.
         part_id_format: ``str.format`` pattern with ``trigger_seq`` for parts whose source names none.
         max_open_parts: bound on parts waiting for views; beyond it the oldest is emitted incomplete.
+        fill_gaps: a trigger sequence that jumps (frames of triggers 10, 11, 14) means triggers 12 and 13
+            lost every view (dropped under overload, or missed); they become parts with no frames, emitted
+            INCOMPLETE at their timeout, so every trigger gets a verdict. Sources must number triggers
+            contiguously (all built-in sources do).
+        max_parts: accept at most this many distinct triggers (``run --parts N``); later frames are ignored.
         resolve_part_id: optional ``trigger_seq -> part id | None`` (a PLC subscription).
         clock: monotonic clock (injectable for tests).
     """
@@ -82,6 +90,8 @@ class PartAssembler:
         max_open_parts: int = 64,
         resolve_part_id: Callable[[int], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fill_gaps: bool = True,
+        max_parts: int | None = None,
     ) -> None:
         self.n_views, self.timeout_s = n_views, timeout_s
         self.part_id_format, self.max_open_parts = part_id_format, max_open_parts
@@ -90,6 +100,9 @@ class PartAssembler:
         # Recently emitted triggers, to recognise late frames (bounded: a long run does not grow it).
         self._done: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.stats = AssemblerStats()
+        self.fill_gaps, self.max_parts = fill_gaps, max_parts
+        self._max_seen: int | None = None  # highest trigger sequence seen
+        self._accepted = 0  # distinct triggers opened
 
     @property
     def open_parts(self) -> int:
@@ -104,10 +117,17 @@ class PartAssembler:
         out: list[AssembledPart] = []
         part = self._open.get(seq)
         if part is None:
-            if len(self._open) >= self.max_open_parts:
-                oldest = min(self._open)
-                out.append(self._emit(oldest, "overflow"))
-            part = self._open[seq] = _Open(seq, self.clock())
+            if self.max_parts is not None and self._accepted >= self.max_parts:
+                self.stats.ignored_frames += 1
+                return []
+            if self.fill_gaps and self._max_seen is not None and seq > self._max_seen + 1:
+                out += self._open_gap(self._max_seen + 1, seq)
+                if self.max_parts is not None and self._accepted >= self.max_parts:
+                    self.stats.ignored_frames += 1
+                    return out
+            part = self._open_part(seq, out)
+        if self._max_seen is None or seq > self._max_seen:
+            self._max_seen = seq
         if frame.view_index in part.frames:
             self.stats.duplicate_frames += 1
             return out
@@ -116,6 +136,35 @@ class PartAssembler:
             part.part_id = frame.part_id
         if len(part.frames) >= self.n_views:
             out.append(self._emit(seq, ""))
+        return out
+
+    def _open_part(self, seq: int, out: list[AssembledPart]) -> _Open:
+        if len(self._open) >= self.max_open_parts:
+            out.append(self._emit(min(self._open), "overflow"))
+        self._accepted += 1
+        part = self._open[seq] = _Open(seq, self.clock())
+        return part
+
+    def _open_gap(self, first: int, end: int) -> list[AssembledPart]:
+        """Open parts without frames for the triggers ``first..end-1`` that no camera delivered."""
+        out: list[AssembledPart] = []
+        limit = max(1, self.max_open_parts // 2)  # a huge jump (a source restarted its counter) is not parts
+        if end - first > limit:
+            self.stats.lost_triggers += end - first - limit
+            log.warning(
+                "trigger sequence jumped from %d to %d; %d triggers not tracked",
+                first - 1,
+                end,
+                end - first - limit,
+            )
+            first = end - limit
+        for seq in range(first, end):
+            if seq in self._open or seq in self._done:
+                continue
+            if self.max_parts is not None and self._accepted >= self.max_parts:
+                break
+            self._open_part(seq, out)
+            self.stats.gap_parts += 1
         return out
 
     def poll(self) -> list[AssembledPart]:

@@ -115,8 +115,6 @@ class Pipeline:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._max_parts: int | None = None
-        self._opened: set[int] = set()
-        self.ignored_frames = 0
         self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
         self._threads: list[threading.Thread] = []
 
@@ -132,15 +130,6 @@ class Pipeline:
         self._status(f"camera/{camera_id}", state, message)
 
     # -- stages --------------------------------------------------------------------------------------
-    def _accept(self, trigger_seq: int) -> bool:
-        """With ``--parts N``: only the first N triggers become parts, so a run ends with exactly N verdicts."""
-        if self._max_parts is None or trigger_seq in self._opened:
-            return True
-        if len(self._opened) >= self._max_parts:
-            return False
-        self._opened.add(trigger_seq)
-        return True
-
     def _assembler_stage(self) -> None:
         try:
             while True:
@@ -148,10 +137,7 @@ class Pipeline:
                 parts: list[AssembledPart] = []
                 for w in self.workers.values():
                     while (f := w.buffer.get_nowait()) is not None:
-                        if self._accept(f.trigger_seq):
-                            parts += self.assembler.add(f)
-                        else:
-                            self.ignored_frames += 1
+                        parts += self.assembler.add(f)
                 parts += self.assembler.poll()
                 for p in parts:
                     self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
@@ -269,6 +255,7 @@ class Pipeline:
     def start(self, max_parts: int | None = None) -> None:
         """Start cameras and stages. ``max_parts``: judge exactly this many parts, then stop."""
         self._max_parts = max_parts
+        self.assembler.max_parts = max_parts  # only the first N triggers become parts: exactly N verdicts
         for w in self.workers.values():
             w.start()
         for name, fn in (
@@ -314,6 +301,8 @@ class Pipeline:
         extra = {
             "late_frames": self.assembler.stats.late_frames,
             "duplicate_frames": self.assembler.stats.duplicate_frames,
+            "gap_parts": self.assembler.stats.gap_parts,
+            "lost_triggers": self.assembler.stats.lost_triggers,
         }
         if self.plc is not None:
             extra["plc"] = {
