@@ -39,6 +39,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocab", type=Path, help="vocabulary YAML ({name, prompt} list); default: the checkpoint's"
     )
+    p.add_argument("--text-encoder", help="text-encoder spec for --vocab (default: the checkpoint's)")
     p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
     p.add_argument("--half", action="store_true", help="FP16 weights (OpenVINO) / FP16 engine (TensorRT)")
     p.add_argument("--int8", action="store_true", help="INT8 post-training quantization + accuracy guard")
@@ -118,6 +119,7 @@ def run_export(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        text_encoder=args.text_encoder,
     )
     check_options(options)  # before loading a large checkpoint
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None

@@ -122,15 +122,17 @@ def resolve_embeddings(
     text_encoder: str,
     vocabulary: list[VocabularyClass] | None,
     cache_dir: str | os.PathLike | None = None,
+    force_encode: bool = False,
 ) -> tuple[list[VocabularyClass], np.ndarray]:
     """The vocabulary to export and its (C, D) embeddings.
 
     The checkpoint's own cached embeddings are used when the vocabulary is the checkpoint's (same names and
-    prompts); otherwise the text encoder runs (cached on disk).
+    prompts) and ``force_encode`` is off (another encoder than the checkpoint's); otherwise the text encoder
+    runs (cached on disk).
     """
     classes = list(vocabulary) if vocabulary is not None else list(checkpoint_classes)
     dim = None if checkpoint_embeddings is None else int(checkpoint_embeddings.shape[1])
-    if checkpoint_embeddings is not None and classes == list(checkpoint_classes):
+    if checkpoint_embeddings is not None and classes == list(checkpoint_classes) and not force_encode:
         emb = np.asarray(checkpoint_embeddings, dtype=np.float32)
         check_fits(emb, classes, dim, what="the checkpoint's cached text embeddings")
         return classes, emb

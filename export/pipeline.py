@@ -79,6 +79,7 @@ class ExportOptions:
         overwrite: replace an existing bundle at ``out``.
         model_version: free-text version recorded in the manifest.
         progress: show tqdm progress bars.
+        text_encoder: encoder spec for the vocabulary (default: the checkpoint's); its width must fit.
     """
 
     target: str = "openvino"
@@ -99,6 +100,7 @@ class ExportOptions:
     overwrite: bool = False
     model_version: str | None = None
     progress: bool = True
+    text_encoder: str | None = None
 
 
 def toolchain() -> dict[str, str]:
@@ -229,7 +231,12 @@ def export_bundle(
         t = time.perf_counter()
         ckpt_emb = None if source.text_embeddings is None else source.text_embeddings.numpy()
         classes, embeddings = emb_mod.resolve_embeddings(
-            source.classes, ckpt_emb, source.text_encoder, vocabulary, cache_dir
+            source.classes,
+            ckpt_emb,
+            options.text_encoder or source.text_encoder,
+            vocabulary,
+            cache_dir,
+            force_encode=options.text_encoder is not None,
         )
         class_names = [c.name for c in classes]
         emb_t = torch.from_numpy(embeddings)
@@ -437,7 +444,7 @@ def export_bundle(
                 vocabulary=VocabularyInfo(
                     mode=options.vocab_mode,
                     classes=classes,
-                    text_encoder=source.text_encoder,
+                    text_encoder=options.text_encoder or source.text_encoder,
                     embeddings_file=EMBEDDINGS_FILE,
                     embeddings_sha256=sha256_file(tmp / EMBEDDINGS_FILE),
                     embedding_dim=int(embeddings.shape[1]),

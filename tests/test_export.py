@@ -339,3 +339,44 @@ def test_golden_samples_are_recorded_for_the_primary_artifact(int8_bundle):
     _, m = int8_bundle
     assert {g.backend for g in m.golden} == {"openvino"}
     assert m.golden_for("openvino") == m.golden and m.golden_for("onnxruntime") == []
+
+
+@pytest.mark.parametrize("mode", ["int8", "input"])
+def test_runtime_loads_the_bundle_and_passes_its_golden_self_test(int8_bundle, glass_data, tmp_path, mode):
+    """The edge runtime's own loader and self-test (rtvp_edge.backends / rtvp_edge.selftest) accept the bundle."""
+    backends = pytest.importorskip("rtvp_edge.backends", reason="the runtime part is not installed")
+    selftest = pytest.importorskip("rtvp_edge.selftest", reason="the runtime part is not installed")
+    if mode == "int8":
+        out, _ = int8_bundle
+    else:
+        out = tmp_path / "input"
+        export_bundle(_source(), out, _options(glass_data, target="openvino", vocab_mode="input"))
+    m = load_manifest(out)
+    backend = backends.load_backend("openvino", out, m)
+    try:
+        assert selftest.run_golden_selftest(out, m, backend) == len(m.golden) > 0
+    finally:
+        backend.close()
+
+
+def test_keep_float_policy_blocks_and_unknown_block(tmp_path):
+    import onnx
+
+    from export.int8_policy import keep_float_policy
+    from export.onnx_export import export_onnx
+
+    src = _source()
+    path = export_onnx(
+        build_wrapper(src.model, "folded", src.text_embeddings), tmp_path / "m.onnx", "folded", SIZE, (8, DIM)
+    )
+    graph = onnx.load(str(path))
+    blocks = [n for n, _ in src.model.named_children()] + ["det_loss"]  # a block with no inference nodes
+    only_expert = keep_float_policy(graph, blocks, r"^(?!expert$)")
+    assert set(only_expert.blocks) == {"/image_encoder/", "/fuse/", "/head/"}
+    default = keep_float_policy(graph, blocks)
+    assert default.blocks == ["/image_encoder/"]
+    assert any(n.startswith("/head/") for n in default.names) and not any(
+        n.startswith("/expert/") for n in default.names
+    )
+    with pytest.raises(ExportError, match="'/nope/' matches no node"):
+        keep_float_policy(graph, blocks, None, ["nope"])
