@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -261,6 +262,12 @@ class LineConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading
+
+    @property
+    def source(self) -> str:
+        """The line file this configuration was read from (for error messages)."""
+        return self._source or "line configuration"
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -282,6 +289,17 @@ class LineConfig(_Strict):
                 f"{len(self.cameras)} cameras but assembly.views_per_part is "
                 f"{self.assembly.views_per_part}: every view needs a camera"
             )
+        sim_sizes = {
+            (c.resolution.width, c.resolution.height)
+            for c in self.cameras
+            if c.kind == "sim" and c.resolution
+        }
+        if len(sim_sizes) > 1:
+            raise ValueError(
+                f"the simulated rig renders one image size; sim cameras ask for {sorted(sim_sizes)}"
+            )
+        if any(w < 64 or h < 64 for w, h in sim_sizes):
+            raise ValueError("the simulated rig renders images of at least 64x64 pixels")
         unknown = sorted(set(self.detection.rois) - set(ids))
         if unknown:
             raise ValueError(f"detection.rois names unknown cameras {unknown} (cameras: {ids})")
@@ -393,6 +411,8 @@ def load_line_config(path: str | os.PathLike) -> LineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
     try:
-        return LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+        config = LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as e:
         raise ConfigError(_format_errors(path, root, e)) from None
+    config._source = str(path)
+    return config

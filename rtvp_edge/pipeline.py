@@ -441,11 +441,7 @@ def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
             manifest.thresholds.score,
         )
     except ValueError as e:
-        raise ConfigError(f"{config_path(config)}: {e}") from None
-
-
-def config_path(config: LineConfig) -> str:
-    return str(getattr(config, "_path", None) or "line configuration")
+        raise ConfigError(f"{config.source}: {e}") from None
 
 
 def build_pipeline(
@@ -476,7 +472,10 @@ def build_pipeline(
     try:
         policy = build_policy(config, manifest)
         inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
-        sources, rig = build_sources(config)
+        try:
+            sources, rig = build_sources(config)
+        except ValueError as e:  # e.g. the rig refuses a setting the schema let through
+            raise ConfigError(f"{config.source}: cameras: {e}") from None
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
