@@ -189,9 +189,9 @@ class DetectionConfig(_Strict):
     class_thresholds: dict[str, float] = {}  # class name -> minimum score
     iou_threshold: float | None = Field(None, ge=0, le=1)
     min_box_px: float = Field(0.0, ge=0)  # shorter box side in camera pixels
-    rois: dict[
-        str, list[Box]
-    ] = {}  # camera id -> [x1, y1, x2, y2] regions; a box counts if its centre is inside
+    # camera id -> regions, each a rectangle [x1, y1, x2, y2] or a polygon [[x, y], [x, y], ...] (e.g. the
+    # container's silhouette), camera pixels; a detection counts when its box centre is inside one region
+    rois: dict[str, list[Box | list[tuple[float, float]]]] = {}
 
     @field_validator("class_thresholds")
     @classmethod
@@ -203,11 +203,13 @@ class DetectionConfig(_Strict):
 
     @field_validator("rois")
     @classmethod
-    def _boxes(cls, v: dict[str, list[Box]]) -> dict[str, list[Box]]:
-        for cam, boxes in v.items():
-            for b in boxes:
-                if not (b[2] > b[0] and b[3] > b[1]):
-                    raise ValueError(f"ROI {list(b)} of camera {cam!r} is not x1 < x2, y1 < y2")
+    def _regions(cls, v: dict) -> dict:
+        for cam, regions in v.items():
+            for r in regions:
+                if isinstance(r, tuple) and not (r[2] > r[0] and r[3] > r[1]):
+                    raise ValueError(f"ROI {list(r)} of camera {cam!r} is not x1 < x2, y1 < y2")
+                if isinstance(r, list) and len(r) < 3:
+                    raise ValueError(f"ROI polygon of camera {cam!r} needs at least 3 points, got {len(r)}")
         return v
 
 
