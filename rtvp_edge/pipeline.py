@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
 from rtvp_edge.backends import Backend, load_backend
-from rtvp_edge.bundle import BundleManifest, load_manifest
+from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
@@ -417,20 +417,18 @@ def load_and_check_bundle(
     return manifest, backend
 
 
-def model_info(manifest: BundleManifest, backend: str) -> dict:
-    """Identity of the running model for events: name, version, precision, bundle hash."""
-    art = manifest.artifact(backend) if backend != "tensorrt" else manifest.artifact("onnxruntime")
-    digest = (
-        __import__("hashlib")
-        .sha256("".join(f"{k}{v}" for k, v in sorted(manifest.files.items())).encode())
-        .hexdigest()
-    )
+def model_info(manifest: BundleManifest, backend: str, bundle_dir: str | Path) -> dict:
+    """Identity of the running model for events: name, version, precision, backend and the bundle's hash
+    (sha256 of its manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+    have = {a.backend for a in manifest.artifacts}
+    # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
+    art = manifest.artifact(backend if backend in have else "onnxruntime")
     return {
         "name": manifest.model.name,
         "version": manifest.model.version,
         "precision": art.precision,
         "backend": backend,
-        "bundle_sha256": digest,
+        "bundle_sha256": sha256_file(Path(bundle_dir) / "manifest.json"),
     }
 
 
@@ -469,6 +467,12 @@ def build_pipeline(
     manifest, backend = load_and_check_bundle(
         m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
     )
+    log.info(
+        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s, golden self-test %s",
+        config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
+        manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
+        f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
+    )  # fmt: skip
     try:
         policy = build_policy(config, manifest)
         inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
@@ -477,7 +481,7 @@ def build_pipeline(
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
         )
-        info = model_info(manifest, m.backend)
+        info = model_info(manifest, m.backend, m.bundle)
         if publisher is None and use_mqtt:
             publisher = _build_publisher(config, info)
         plc = None
