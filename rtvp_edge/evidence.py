@@ -45,7 +45,9 @@ class EvidenceWriter:
         self.retention_s = retention_days * 86400.0
         self.max_files, self.jpeg_quality = max_files, jpeg_quality
         existing = sorted(
-            (p.stat().st_mtime, p) for p in self.root.glob("*/*.jpg") if p.is_file()
+            (p.stat().st_mtime, p)
+            for p in self.root.glob("*/*.jpg")
+            if p.is_file() and not p.name.endswith(".tmp.jpg")
         )  # oldest first
         self._files: collections.deque[tuple[float, Path]] = collections.deque(existing)
         self.written = 0

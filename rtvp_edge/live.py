@@ -19,7 +19,7 @@ def format_line(snapshot: dict, broker: str = "-") -> str:
         return "-" if x is None else f"{x:.0f}"
 
     cams = snapshot.get("cameras", {})
-    down = [c for c, s in cams.items() if s.get("state") != "STREAMING"]
+    down = [c for c, s in cams.items() if s.get("state") in ("BACKOFF", "CONNECTING")]
     dropped = sum(s.get("dropped", 0) for s in cams.values())
     return (
         f"parts {snapshot.get('parts', 0)} ({snapshot.get('parts_per_s', 0):.2f}/s) | "

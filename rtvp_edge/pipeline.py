@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtvp_edge.assembler import AssembledPart, PartAssembler
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
 from rtvp_edge.backends import Backend, load_backend
-from rtvp_edge.bundle import BundleManifest, load_manifest
+from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
@@ -69,6 +69,7 @@ class Pipeline:
         status_sinks: callables taking (component, state, message) for camera/stage state changes.
         model_info: bundle identity for logs and metrics.
         rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
+        plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Pipeline:
         status_sinks: Sequence[StatusSink] = (),
         model_info: dict | None = None,
         rig=None,
+        plc: PlcPartIds | None = None,
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
@@ -103,15 +105,17 @@ class Pipeline:
                 cam.reconnect_initial_s, cam.reconnect_max_s, self._camera_status,
             )  # fmt: skip
         a = config.assembly
-        self.assembler = PartAssembler(a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts)
+        self.plc = plc
+        self.assembler = PartAssembler(
+            a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
+        )
         qs = config.runtime.queue_size
         self.part_queue: queue.Queue = queue.Queue(qs)
         self.result_queue: queue.Queue = queue.Queue(qs + config.model.infer_requests)
         self._stop = threading.Event()
         self._done = threading.Event()
         self._max_parts: int | None = None
-        self._opened: set[int] = set()
-        self.ignored_frames = 0
+        self._metrics_due = threading.Event()
         self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
         self._threads: list[threading.Thread] = []
 
@@ -125,17 +129,10 @@ class Pipeline:
 
     def _camera_status(self, camera_id: str, state: str, message: str) -> None:
         self._status(f"camera/{camera_id}", state, message)
+        if state in ("BACKOFF", "STREAMING", "STOPPED"):
+            self._metrics_due.set()  # a camera failing or coming back shows on MQTT at once, not in 10 s
 
     # -- stages --------------------------------------------------------------------------------------
-    def _accept(self, trigger_seq: int) -> bool:
-        """With ``--parts N``: only the first N triggers become parts, so a run ends with exactly N verdicts."""
-        if self._max_parts is None or trigger_seq in self._opened:
-            return True
-        if len(self._opened) >= self._max_parts:
-            return False
-        self._opened.add(trigger_seq)
-        return True
-
     def _assembler_stage(self) -> None:
         try:
             while True:
@@ -143,10 +140,7 @@ class Pipeline:
                 parts: list[AssembledPart] = []
                 for w in self.workers.values():
                     while (f := w.buffer.get_nowait()) is not None:
-                        if self._accept(f.trigger_seq):
-                            parts += self.assembler.add(f)
-                        else:
-                            self.ignored_frames += 1
+                        parts += self.assembler.add(f)
                 parts += self.assembler.poll()
                 for p in parts:
                     self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
@@ -264,6 +258,7 @@ class Pipeline:
     def start(self, max_parts: int | None = None) -> None:
         """Start cameras and stages. ``max_parts``: judge exactly this many parts, then stop."""
         self._max_parts = max_parts
+        self.assembler.max_parts = max_parts  # only the first N triggers become parts: exactly N verdicts
         for w in self.workers.values():
             w.start()
         for name, fn in (
@@ -309,7 +304,15 @@ class Pipeline:
         extra = {
             "late_frames": self.assembler.stats.late_frames,
             "duplicate_frames": self.assembler.stats.duplicate_frames,
+            "gap_parts": self.assembler.stats.gap_parts,
+            "lost_triggers": self.assembler.stats.lost_triggers,
         }
+        if self.plc is not None:
+            extra["plc"] = {
+                "received": self.plc.received,
+                "missing": self.plc.missing,
+                "malformed": self.plc.malformed,
+            }
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -356,7 +359,11 @@ class Pipeline:
                     self.request_stop()
                 if stop_event is not None and stop_event.is_set() and not self.stopping:
                     self.request_stop()
-                if now - last_metrics >= interval:
+                # periodic, and early (at most once a second) after a camera changed state
+                if now - last_metrics >= interval or (
+                    self._metrics_due.is_set() and now - last_metrics >= 1.0
+                ):
+                    self._metrics_due.clear()
                     self.publish_metrics()
                     last_metrics = now
                 if self.publisher is not None and getattr(self.publisher, "error", None) is not None:
@@ -377,6 +384,8 @@ class Pipeline:
 
     def close(self, flush_timeout: float = 10.0) -> None:
         """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
+        if self.plc is not None:
+            self.plc.stop()
         if self.publisher is not None:
             try:
                 self.publisher.stop(flush_timeout)
@@ -415,20 +424,18 @@ def load_and_check_bundle(
     return manifest, backend
 
 
-def model_info(manifest: BundleManifest, backend: str) -> dict:
-    """Identity of the running model for events: name, version, precision, bundle hash."""
-    art = manifest.artifact(backend) if backend != "tensorrt" else manifest.artifact("onnxruntime")
-    digest = (
-        __import__("hashlib")
-        .sha256("".join(f"{k}{v}" for k, v in sorted(manifest.files.items())).encode())
-        .hexdigest()
-    )
+def model_info(manifest: BundleManifest, backend: str, bundle_dir: str | Path) -> dict:
+    """Identity of the running model for events: name, version, precision, backend and the bundle's hash
+    (sha256 of its manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+    have = {a.backend for a in manifest.artifacts}
+    # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
+    art = manifest.artifact(backend if backend in have else "onnxruntime")
     return {
         "name": manifest.model.name,
         "version": manifest.model.version,
         "precision": art.precision,
         "backend": backend,
-        "bundle_sha256": digest,
+        "bundle_sha256": sha256_file(Path(bundle_dir) / "manifest.json"),
     }
 
 
@@ -441,11 +448,7 @@ def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
             manifest.thresholds.score,
         )
     except ValueError as e:
-        raise ConfigError(f"{config_path(config)}: {e}") from None
-
-
-def config_path(config: LineConfig) -> str:
-    return str(getattr(config, "_path", None) or "line configuration")
+        raise ConfigError(f"{config.source}: {e}") from None
 
 
 def build_pipeline(
@@ -467,19 +470,35 @@ def build_pipeline(
     manifest, backend = load_and_check_bundle(
         m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
     )
+    log.info(
+        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s, golden self-test %s",
+        config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
+        manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
+        f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
+    )  # fmt: skip
     try:
         policy = build_policy(config, manifest)
         inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
-        sources, rig = build_sources(config)
+        try:
+            sources, rig = build_sources(config)
+        except ValueError as e:  # e.g. the rig refuses a setting the schema let through
+            raise ConfigError(f"{config.source}: cameras: {e}") from None
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
         )
-        info = model_info(manifest, m.backend)
+        info = model_info(manifest, m.backend, m.bundle)
         if publisher is None and use_mqtt:
             publisher = _build_publisher(config, info)
+        plc = None
+        if config.assembly.part_id == "plc":
+            ids = config.line
+            plc = PlcPartIds(
+                config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
+            )
+            plc.start()
         return Pipeline(
-            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig
+            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
         )
     except BaseException:
         backend.close()

@@ -82,3 +82,32 @@ def test_flush_and_part_id_resolver():
         ("PLC-5", (1,), "runtime stopped"),
         ("T00000006", (0,), "runtime stopped"),
     ]
+
+
+def test_trigger_gap_becomes_incomplete_parts():
+    """Triggers 2 and 3 lost every view (dropped under overload): they still get a part each."""
+    clock = Clock()
+    a = PartAssembler(n_views=2, timeout_s=1.0, clock=clock)
+    out = a.add(frame(1, 0)) + a.add(frame(1, 1))
+    out += a.add(frame(4, 0))
+    assert [p.trigger_seq for p in out] == [1] and a.open_parts == 3 and a.stats.gap_parts == 2
+    out = a.add(frame(3, 1))  # a late view of a gap part still counts
+    clock.t += 1.5
+    gaps = a.poll()
+    assert [(p.trigger_seq, p.missing_views) for p in gaps] == [(2, (0, 1)), (3, (0,)), (4, (1,))]
+    assert gaps[0].frames == () and gaps[0].part_id == "T00000002"
+
+
+def test_huge_jump_is_counted_not_tracked():
+    a = PartAssembler(n_views=1, timeout_s=1.0, max_open_parts=8, clock=Clock())
+    a.add(frame(0, 0))
+    a.add(frame(1000, 0))
+    assert a.stats.gap_parts == 4 and a.stats.lost_triggers == 995
+
+
+def test_max_parts_accepts_only_the_first_triggers():
+    a = PartAssembler(n_views=2, timeout_s=1.0, max_parts=2, clock=Clock())
+    out = []
+    for f in [frame(0, 0), frame(1, 0), frame(2, 0), frame(0, 1), frame(1, 1), frame(2, 1)]:
+        out += a.add(f)
+    assert [p.trigger_seq for p in out] == [0, 1] and a.open_parts == 0 and a.stats.ignored_frames == 2

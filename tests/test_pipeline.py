@@ -236,3 +236,17 @@ def test_sigterm_stops_cleanly(tmp_path, bundle):
     assert len(seqs) >= 3 and len(seqs) == len(set(seqs)) == max(seqs) + 1  # each part once, none lost
     assert {r["verdict"] for r in records} <= {"OK", "NG", "INCOMPLETE"}
     assert any(r["verdict"] == "NG" for r in records if r["trigger_seq"] % 4 == 1)
+
+
+def test_openvino_runs_a_bundle_without_ir_and_names_the_bundle(tmp_path):
+    from rtvp_edge.bundle import sha256_file
+
+    b = make_toy_bundle(tmp_path / "onnx_only", openvino_ir=False)
+    rec = recorded_line(tmp_path, 2, ng_parts={0})
+    got = []
+    p = build_pipeline(load_line_config(line_file(tmp_path, b, rec)), sinks=[got.append], use_mqtt=False)
+    p.run()
+    p.close()
+    assert [v.verdict for v in sorted(got, key=lambda v: v.trigger_seq)] == ["NG", "OK"]
+    assert p.model_info["precision"] == "fp32" and p.model_info["backend"] == "openvino"
+    assert p.model_info["bundle_sha256"] == sha256_file(b / "manifest.json")

@@ -166,7 +166,9 @@ class CameraWorker:
 
     def _set_state(self, state: CameraState, message: str = "") -> None:
         self.state = state
-        level = logging.WARNING if state == CameraState.BACKOFF else logging.INFO
+        level = {CameraState.BACKOFF: logging.WARNING, CameraState.CONNECTING: logging.DEBUG}.get(
+            state, logging.INFO
+        )
         log.log(level, "camera %s: %s %s", self.camera_id, state.value, message)
         if self.on_status is not None:
             try:

@@ -131,7 +131,7 @@ class ModelConfig:
         return dataclasses.replace(self, **updates)
 
 
-def _assemble(cfg: ModelConfig) -> RTVPNet:
+def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
     """Build every part from a resolved config and pass them to RTVPNet as keyword arguments."""
     expert = C2FExpert(cfg.width, cfg.depth, cfg.max_channels)
     spec = expert.output_shape()
@@ -139,7 +139,7 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
     strides = [s.stride for s in spec.values()]
     sam = projection = rvp = tv = vt = None
     if cfg.edp:
-        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint)
+        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint, load_weights=load_weights)
         projection = DomainProjection(sam.output_shape(), spec, cfg.projection, cfg.mask_ratio, cfg.patch)
     if cfg.rvp:
         rvp = nn.ModuleList(
@@ -173,18 +173,18 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
     )
 
 
-def build_rtvpnet_s(cfg: ModelConfig | None = None) -> RTVPNet:
+def build_rtvpnet_s(cfg: ModelConfig | None = None, load_weights: bool = True) -> RTVPNet:
     """RTVPNet-S: C2F-S expert (YOLOv8-S widths and depths) at 640 px; the frozen SAM branch runs at
     256 px, the largest size that keeps the deployed model within YOLO-World-S's 32.8 GFLOPs
     (31.9 GFLOPs, 2xMAC; every choice is in benchmarks/results/model.md)."""
     cfg = cfg or ModelConfig(variant="rtvpnet_s")
-    return _assemble(cfg.resolved())
+    return _assemble(cfg.resolved(), load_weights)
 
 
-def build_rtvpnet_tiny(cfg: ModelConfig | None = None) -> RTVPNet:
+def build_rtvpnet_tiny(cfg: ModelConfig | None = None, load_weights: bool = True) -> RTVPNet:
     """RTVPNet-tiny for CPU, CI and demos: narrow expert, SAM branch at 128 px."""
     cfg = cfg or ModelConfig(variant="rtvpnet_tiny")
-    return _assemble(cfg.resolved())
+    return _assemble(cfg.resolved(), load_weights)
 
 
 # Literal sizes per variant (the builders' hyper-parameters).
@@ -199,8 +199,15 @@ MODEL_REGISTRY = {
 }
 
 
-def build_model(cfg: ModelConfig) -> RTVPNet:
-    """Build the variant named by ``cfg.variant`` with ``cfg``'s switches and sizes."""
+def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> RTVPNet:
+    """Build the variant named by ``cfg.variant`` with ``cfg``'s switches and sizes.
+
+    Args:
+        cfg (ModelConfig): the configuration.
+        load_weights (bool): load external pretrained weights (``cfg.sam_checkpoint``). Pass False when
+            a trained RTVPNet state dict is loaded right after (``build_from_checkpoint``): the
+            ``mobile_sam.pt`` file need not exist on that machine.
+    """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
-    return MODEL_REGISTRY[cfg.variant](cfg)
+    return MODEL_REGISTRY[cfg.variant](cfg, load_weights=load_weights)
