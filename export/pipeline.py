@@ -80,6 +80,8 @@ class ExportOptions:
         model_version: free-text version recorded in the manifest.
         progress: show tqdm progress bars.
         text_encoder: encoder spec for the vocabulary (default: the checkpoint's); its width must fit.
+        batch: OpenVINO IR with this static batch (-1: dynamic). OpenVINO's CPU plugin runs static shapes
+            faster (benchmarks/results/export.md); the runtime pads/chunks to it. The ONNX stays dynamic.
     """
 
     target: str = "openvino"
@@ -101,6 +103,7 @@ class ExportOptions:
     model_version: str | None = None
     progress: bool = True
     text_encoder: str | None = None
+    batch: int = -1
 
 
 def toolchain() -> dict[str, str]:
@@ -151,6 +154,10 @@ def check_options(options: ExportOptions) -> None:
         raise ExportError("--accuracy-control needs --int8 --target openvino (NNCF accuracy-controlled PTQ)")
     if not 0.0 <= options.score_threshold <= 1.0:
         raise ExportError(f"--score-threshold must be in [0, 1], got {options.score_threshold}")
+    if options.batch == 0 or options.batch < -1:
+        raise ExportError(f"--batch must be a positive batch size or -1 (dynamic), got {options.batch}")
+    if options.batch > 0 and options.target != "openvino":
+        raise ExportError("--batch (static batch) applies to --target openvino only")
     if options.max_ap_drop < 0:
         raise ExportError(f"--max-ap-drop must be >= 0 points, got {options.max_ap_drop}")
     if options.int8 and options.calib_size < 1:
@@ -339,6 +346,8 @@ def export_bundle(
                     xml, qinfo = ovb.quantize_int8(onnx_path, xml, calib, keep, feed_emb, control)
                     if options.half:
                         _recompress_fp16(xml)
+                    if options.batch > 0:
+                        ovb.set_static_batch(xml, options.batch)
                     int8_runner = OpenVINORunner(xml, feed_emb, precision="int8")
                     exec_prec = int8_runner.execution_precision()
                     artifacts.append(
@@ -355,6 +364,8 @@ def export_bundle(
                     calibration_info = {**calibration_info, **qinfo}
                 else:
                     ovb.convert_ir(onnx_path, xml, half=options.half)
+                    if options.batch > 0:
+                        ovb.set_static_batch(xml, options.batch)
                     ov_runner = OpenVINORunner(xml, feed_emb, precision="fp16" if options.half else "fp32")
                     exec_prec = ov_runner.execution_precision()
                     # bf16 execution differs from f32 by ~1e-2 relative; parity is checked at f32.
@@ -439,7 +450,9 @@ def export_bundle(
                     std=tuple(spec.std),
                 ),
                 io=IOInfo(
-                    embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None, image_input=IMAGES
+                    embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None,
+                    image_input=IMAGES,
+                    batch=options.batch if options.batch > 0 and primary == "openvino" else -1,
                 ),
                 vocabulary=VocabularyInfo(
                     mode=options.vocab_mode,
