@@ -199,7 +199,7 @@ def _resolve_eval_set(source: ExportSource, options: ExportOptions) -> EvalSet |
     val_split = str(source.provenance.get("val_split") or "val")
     if options.eval_data is None and not (Path(root) / "annotations" / f"{val_split}.json").is_file():
         return None
-    return load_eval_set(root, str(source.provenance.get("val_split") or "val"), options.eval_size)
+    return load_eval_set(root, val_split, options.eval_size)
 
 
 def export_bundle(
@@ -225,7 +225,7 @@ def export_bundle(
     check_options(options)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    stages = ["embeddings", "onnx", "calibration", options.target, "accuracy", "golden", "bundle"]
+    stages = ["embeddings", "calibration", "onnx", options.target, "accuracy", "golden", "bundle"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not options.progress)
     try:
 
@@ -268,6 +268,18 @@ def export_bundle(
                     "records no data set that exists on this machine)"
                 )
 
+        # The calibration set is built once, before anything is exported, and reused by every backend.
+        calib = None
+        if options.int8:
+            calib = build_calibration_set(
+                calib_root,
+                spec,
+                options.calib_size,
+                progress=options.progress,
+                split=str(source.provenance.get("train_split") or "train"),
+            )
+        t = stage_done("calibration", t)
+
         staging = BundleStaging(out, overwrite=options.overwrite)
         with staging as tmp:
             np.save(tmp / EMBEDDINGS_FILE, embeddings)
@@ -277,16 +289,6 @@ def export_bundle(
                 wrapper, tmp / "model.onnx", options.vocab_mode, spec.input_size, tuple(embeddings.shape)
             )
             t = stage_done("onnx", t)
-            calib = None
-            if options.int8:
-                calib = build_calibration_set(
-                    calib_root,
-                    spec,
-                    options.calib_size,
-                    progress=options.progress,
-                    split=str(source.provenance.get("train_split") or "train"),
-                )
-            t = stage_done("calibration", t)
             check_images = _verification_images(source, calib, eval_set, max(2, options.golden_count))
             ort_fp32 = OnnxRuntimeRunner(onnx_path, feed_emb)
             checks = {
