@@ -270,35 +270,20 @@ class Trainer:
         phase = self.phase_of(self.epoch)
         if phase != self.optimizer_phase:
             self.optimizer, self.optimizer_phase = self.build_optimizer(phase), phase
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for images, targets, _ in loader:
             factor = self.lr_factor()
             for g in self.optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                losses = self.forward_losses(images, targets, phase)
+            losses, grad_norm = training_step(
+                self.model, self.optimizer, self.scaler, self.ema, images, targets, self.text_embeds,
+                phase=phase, amp_dtype=self.amp_dtype, clip_grad_norm=cfg.optim.clip_grad_norm,
+                where=f"epoch {self.epoch + 1}, step {self.step}",
+            )  # fmt: skip
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in losses.items()}
-                raise TrainingError(
-                    f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: {terms}; "
-                    "lower optim.lr or check the data set for degenerate boxes"
-                )
-            self.scaler.scale(loss).backward()
-            if cfg.optim.clip_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
-                if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-                    # fp16 AMP skips such steps by design (the scaler backs off); in fp32/bf16 it is a bug.
-                    self._raise_nonfinite_grads(losses)
-                sums["grad_norm"] += float(grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(unwrap(self.model))
+            if grad_norm is not None:
+                sums["grad_norm"] += grad_norm
             self.step += 1
             n_steps += 1
             n_images += images.shape[0]
@@ -319,27 +304,6 @@ class Trainer:
         )  # base rate (the expert's is coupled)
         self.epoch_metrics["train/images_per_s"] = n_images * self.dist.world_size / max(elapsed, 1e-9)
         self.epoch_metrics["train/epoch_s"] = elapsed
-
-    def _raise_nonfinite_grads(self, losses: dict[str, torch.Tensor]) -> None:
-        model = unwrap(self.model)
-        bad = [
-            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
-        terms = {k: round(float(v), 5) for k, v in losses.items()}
-        raise TrainingError(
-            f"non-finite gradients at epoch {self.epoch + 1}, step {self.step} in {len(bad)} parameters "
-            f"(first: {', '.join(bad[:4])}); loss terms {terms}. A loss term with an undefined gradient "
-            "(e.g. a box loss on degenerate/padded boxes) is the usual cause."
-        )
-
-    def forward_losses(
-        self, images: torch.Tensor, targets: dict[str, torch.Tensor], phase: str
-    ) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (``pretrain``: the expert and head alone, TPAMI Eq. 1)."""
-        kwargs = {"stage": "pretrain"} if phase == "pretrain" else {}
-        if _is_ddp(self.model):
-            return self.model(images, targets, self.text_embeds, **kwargs)
-        return self.model.forward_training(images, targets, self.text_embeds, **kwargs)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -365,6 +329,74 @@ class Trainer:
         finally:
             model.train(was_training)
         return result
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ema: ModelEMA | None,
+    images: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    text_embeds: torch.Tensor,
+    *,
+    phase: str = "joint",
+    amp_dtype: torch.dtype | None = None,
+    clip_grad_norm: float = 10.0,
+    where: str = "",
+) -> tuple[dict[str, torch.Tensor], float | None]:
+    """One optimizer step: forward -> loss -> backward -> clip -> AdamW -> EMA (the loop's step; the
+    throughput benchmark times exactly this).
+
+    Args:
+        model: the model, or its DDP wrapper (``wrap_ddp``).
+        images: (B, 3, H, W) on the model's device. targets: ``batch_idx`` (M,), ``cls`` (M,), ``boxes`` (M, 4).
+        text_embeds: (C, D) training vocabulary.
+        phase: ``joint`` or ``pretrain`` (expert and head alone).
+        where: position for error messages ("epoch 3, step 120").
+    Returns:
+        The loss terms (detached scalars) and the gradient norm before clipping (None without clipping).
+    Raises:
+        TrainingError: non-finite loss, or non-finite gradients outside fp16 AMP (where the scaler skips the
+            step by design).
+    """
+    kwargs = {"stage": "pretrain"} if phase == "pretrain" else {}
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        if _is_ddp(model):
+            losses = model(images, targets, text_embeds, **kwargs)
+        else:
+            losses = model.forward_training(images, targets, text_embeds, **kwargs)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        terms = {k: float(v) for k, v in losses.items()}
+        raise TrainingError(
+            f"non-finite loss at {where}: {terms}; lower optim.lr or check the data set for degenerate boxes"
+        )
+    scaler.scale(loss).backward()
+    grad_norm = None
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if not torch.isfinite(norm) and not scaler.is_enabled():
+            _raise_nonfinite_grads(unwrap(model), losses, where)
+        grad_norm = float(norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(unwrap(model))
+    return {k: v.detach() for k, v in losses.items()}, grad_norm
+
+
+def _raise_nonfinite_grads(model: nn.Module, losses: dict[str, torch.Tensor], where: str) -> None:
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    terms = {k: round(float(v), 5) for k, v in losses.items()}
+    raise TrainingError(
+        f"non-finite gradients at {where} in {len(bad)} parameters (first: {', '.join(bad[:4])}); loss terms "
+        f"{terms}. A loss term with an undefined gradient (e.g. a box loss on degenerate/padded boxes) is the "
+        "usual cause."
+    )
 
 
 class TrainingForward(nn.Module):
