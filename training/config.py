@@ -151,12 +151,15 @@ class OutputConfig:
         keep_every: also keep ``epoch_NNN.pt`` every this many epochs (0 = only ``last.pt`` and ``best.pt``).
         plots: draw curves after each epoch (matplotlib).
         progress: show tqdm progress bars (rank 0 only).
+        overwrite: reuse an existing ``runs/<name>`` (its metrics log is started afresh); without it an
+            existing run is an error, so nothing is lost by a repeated command.
     """
 
     dir: str = "runs"
     keep_every: int = 0
     plots: bool = True
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass

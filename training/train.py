@@ -203,10 +203,13 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
     torch.manual_seed(cfg.seed)
 
     run_dir = Path(cfg.output.dir) / cfg.name
-    if info.is_main and not cfg.resume and (run_dir / "last.pt").exists():
+    if info.is_main and not cfg.resume and cfg.output.overwrite and run_dir.is_dir():
+        for old in [run_dir / "metrics.jsonl", run_dir / "best.pt", *run_dir.glob("epoch_*.pt")]:
+            old.unlink(missing_ok=True)  # stale results of the replaced run must not mix with the new ones
+    if info.is_main and not cfg.resume and not cfg.output.overwrite and (run_dir / "last.pt").exists():
         raise ConfigError(
-            f"name={cfg.name}: {run_dir} already holds a run; pick another name= or continue it with "
-            f"resume={run_dir / 'last.pt'}"
+            f"name={cfg.name}: {run_dir} already holds a run; pick another name=, continue it with "
+            f"resume={run_dir / 'last.pt'}, or replace it with output.overwrite=true"
         )
     if not Path(cfg.data.root).is_dir():
         raise DataError(f"data.root: data set directory {cfg.data.root!r} not found")
