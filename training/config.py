@@ -132,6 +132,8 @@ class EvalConfig:
         max_detections: detections kept per image.
         batch_size: images per forward pass.
         best_metric: metric that decides ``best.pt``.
+        precise_bn_batches: before each evaluation (and after the last epoch) recompute the batch-norm
+            statistics of the evaluated model over this many training batches (0 = off); short runs need it.
     """
 
     every: int = 1
@@ -140,6 +142,7 @@ class EvalConfig:
     max_detections: int = 100
     batch_size: int = 8
     best_metric: Literal["AP", "AP50", "AP75"] = "AP50"
+    precise_bn_batches: int = 16
 
 
 @dataclass

@@ -306,6 +306,30 @@ class Trainer:
         self.epoch_metrics["train/epoch_s"] = elapsed
 
     @torch.no_grad()
+    def recalibrate_bn(self, batches: int) -> int:
+        """Exact batch-norm statistics of the evaluated model over the first ``batches`` global batches of a
+        fixed (seeded) order, identical on every process; the global random state is left as it was.
+
+        Returns:
+            The number of batch-norm layers recalibrated.
+        """
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        sampler = GlobalBatchSampler(
+            len(self.train_set), self.cfg.data.batch_size, 0, 1, seed=self.cfg.seed + 1
+        )
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.workers,
+                            collate_fn=collate)  # fmt: skip
+        emb = self.text_embeds
+
+        def forward(images: torch.Tensor) -> None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                model.forward_inference(images.to(self.device), emb)
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)  # the same draws on every process, global state untouched
+            return precise_bn(model, (images for images, _, _ in loader), forward, batches)
+
+    @torch.no_grad()
     def evaluate(self) -> dict:
         """COCO metrics of the EMA (or raw) model on the validation set."""
         from training.evaluate import evaluate_dataset
@@ -329,6 +353,45 @@ class Trainer:
         finally:
             model.train(was_training)
         return result
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches_of_images, forward, batches: int) -> int:
+    """Replace the running statistics of ``model``'s batch norms by their exact average over ``batches``
+    batches (the idea of detectron2's ``PreciseBN``).
+
+    Only batch norms that are in training mode after ``model.train()`` are touched: frozen parts that keep
+    eval mode through their own ``train()`` (the SAM encoder) keep their statistics.
+
+    Args:
+        model: the module whose statistics are recomputed (the EMA copy during training).
+        batches_of_images: iterable of (B, 3, H, W) image batches.
+        forward: ``forward(images)`` runs ``model`` on a batch (e.g. ``forward_inference`` with embeddings).
+        batches: how many batches to average over.
+    Returns:
+        The number of batch-norm layers recomputed.
+    """
+    was_training = model.training
+    model.train()
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]  # fmt: skip
+    momenta = [m.momentum for m in bns]
+    try:
+        if bns:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average = exact mean over the batches seen
+            for k, images in enumerate(batches_of_images):
+                if k >= batches:
+                    break
+                forward(images)
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
 
 
 def training_step(

@@ -32,7 +32,7 @@ from training.checkpoint import CheckpointError, filter_state_dict, load_checkpo
 from training.config import ConfigError, TrainConfig, load_config, save_config
 from training.datasets import AugmentSpec, DataError, DetectionDataset, dataset_hash
 from training.engine import Trainer, wrap_ddp
-from training.hooks import CheckpointHook, EvalHook, MetricsLogHook, PlotHook
+from training.hooks import CheckpointHook, EvalHook, MetricsLogHook, PlotHook, PreciseBNHook
 
 
 def log(info: dist.DistInfo, *msg: Any) -> None:
@@ -294,8 +294,10 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
         dist_info=info,
     )
     metrics_path = run_dir / "metrics.jsonl"
+    eval_hook = EvalHook(cfg.eval.every)
     hooks = [
-        EvalHook(cfg.eval.every),
+        PreciseBNHook(cfg.eval.precise_bn_batches, eval_hook if val_set is not None else None),
+        eval_hook,
         CheckpointHook(cfg.eval.best_metric, cfg.output.keep_every),
         MetricsLogHook(metrics_path),
     ]
