@@ -43,11 +43,11 @@ def is_dataset(root: str | os.PathLike) -> bool:
     return (Path(root) / "Images").is_dir()
 
 
-def calibration_images(source: str | os.PathLike) -> tuple[str, list[Path]]:
-    """(kind, image paths) of a calibration source: ``"dataset:train"`` or ``"folder"``."""
+def calibration_images(source: str | os.PathLike, split: str = "train") -> tuple[str, list[Path]]:
+    """(kind, image paths) of a calibration source: ``"dataset:<split>"`` or ``"folder"``."""
     root = Path(source)
-    if is_dataset(root) and (root / "Images" / "train").is_dir():
-        return "dataset:train", list_images(root / "Images" / "train")
+    if is_dataset(root) and (root / "Images" / split).is_dir():
+        return f"dataset:{split}", list_images(root / "Images" / split)
     return "folder", list_images(root)
 
 
@@ -95,6 +95,7 @@ def build_calibration_set(
     size: int = RECOMMENDED_SIZE,
     seed: int = 0,
     progress: bool = True,
+    split: str = "train",
 ) -> CalibrationSet:
     """Pick ``size`` images (a seeded random subset, reproducible) and letterbox them once.
 
@@ -103,12 +104,13 @@ def build_calibration_set(
         spec: the bundle's preprocessing.
         size: number of images; fewer than 300 gives a warning (INT8 ranges from few images are noisy).
         seed: subset selection seed.
+        split: the data set split calibrated on (a data set root only; the held-out split is never used).
     Raises:
         ExportError: missing folder, "no images in DIR", unreadable image (named), size < 1.
     """
     if size < 1:
         raise ExportError(f"--calib-size must be at least 1, got {size}")
-    kind, paths = calibration_images(source)
+    kind, paths = calibration_images(source, split)
     if len(paths) > size:
         paths = sorted(random.Random(seed).sample(paths, size))
     if len(paths) < size:

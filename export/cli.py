@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from export.errors import ExportError
+from export.int8_policy import DEFAULT_FLOAT_BLOCKS
 
 log = logging.getLogger("rtvp_export")
 
@@ -38,6 +39,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocab", type=Path, help="vocabulary YAML ({name, prompt} list); default: the checkpoint's"
     )
+    p.add_argument("--text-encoder", help="text-encoder spec for --vocab (default: the checkpoint's)")
     p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
     p.add_argument("--half", action="store_true", help="FP16 weights (OpenVINO) / FP16 engine (TensorRT)")
     p.add_argument("--int8", action="store_true", help="INT8 post-training quantization + accuracy guard")
@@ -65,6 +67,12 @@ def _export_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="BLOCK",
         help="keep this model block out of INT8 (repeatable)",
+    )
+    p.add_argument(
+        "--float-blocks",
+        default=DEFAULT_FLOAT_BLOCKS,
+        metavar="REGEX",
+        help="INT8: top-level model blocks kept entirely float (default %(default)r)",
     )
     p.add_argument(
         "--quantize-all-blocks",
@@ -106,11 +114,12 @@ def run_export(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         eval_size=args.eval_size,
         keep_float=list(args.keep_float),
-        quantize_all_blocks=args.quantize_all_blocks,
+        float_blocks=None if args.quantize_all_blocks else args.float_blocks,
         golden_count=args.golden,
         score_threshold=args.score_threshold,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        text_encoder=args.text_encoder,
     )
     check_options(options)  # before loading a large checkpoint
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None

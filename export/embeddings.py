@@ -1,7 +1,8 @@
 """Vocabulary files and cached text embeddings.
 
 The text encoder runs here, once per (encoder, prompts); the edge box never runs it. Embeddings are cached on
-disk keyed by the encoder spec and the prompts, so re-exporting the same vocabulary costs nothing.
+disk by ``training.text_cache`` keyed by the encoder spec and the prompts (the cache training uses), so
+re-exporting the same vocabulary costs nothing.
 
 Vocabulary YAML: a list of ``{name, prompt}`` mappings, or a mapping with a ``classes:`` list of them::
 
@@ -12,8 +13,6 @@ Vocabulary YAML: a list of ``{name, prompt}`` mappings, or a mapping with a ``cl
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -24,11 +23,6 @@ from export.errors import ExportError
 from rtvp_edge.bundle import VocabularyClass
 
 _ENTRY_KEYS = {"name", "prompt", "seen"}
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rtvp-edge" / "text_embeddings"
 
 
 def load_vocabulary(path: str | os.PathLike) -> list[VocabularyClass]:
@@ -77,48 +71,32 @@ def write_vocabulary(path: str | os.PathLike, classes: list[VocabularyClass]) ->
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def cache_key(text_encoder: str, classes: list[VocabularyClass]) -> str:
-    payload = json.dumps({"encoder": text_encoder, "prompts": [c.prompt for c in classes]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
 def encode_vocabulary(
     text_encoder: str,
     classes: list[VocabularyClass],
     cache_dir: str | os.PathLike | None = None,
     expected_dim: int | None = None,
 ) -> np.ndarray:
-    """Text embeddings of the vocabulary's prompts, from the cache or by running the encoder once.
+    """Text embeddings of the vocabulary's prompts, from training's embedding cache or by running the
+    encoder once (``training.text_cache``: one cache for training, evaluation and export).
 
     Args:
         text_encoder: spec string for ``training.model.text_encoder.build_text_encoder``.
         classes: C classes; their prompts are encoded in order.
-        cache_dir: where embeddings are cached (default ``$XDG_CACHE_HOME/rtvp-edge/text_embeddings``).
+        cache_dir: cache folder (default ``$XDG_CACHE_HOME/rtvp/text_embeddings``).
         expected_dim: the embedding width D the model was trained with; a different width is an error.
     Returns:
         (C, D) float32, L2-normalised rows.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    file = cache / f"{cache_key(text_encoder, classes)}.npy"
-    if file.is_file():
-        emb = np.load(file)
-    else:
-        try:
-            from training.model.text_encoder import build_text_encoder
-        except ImportError as e:
-            raise ExportError(f"cannot run text encoder {text_encoder!r}: {e}") from None
-        try:
-            encoder = build_text_encoder(text_encoder)
-            emb = encoder.encode([c.prompt for c in classes])
-        except Exception as e:
-            raise ExportError(f"text encoder {text_encoder!r} failed: {type(e).__name__}: {e}") from None
-        if hasattr(emb, "detach"):  # a torch tensor
-            emb = emb.detach().cpu().numpy()
-        emb = np.asarray(emb, dtype=np.float32)
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, file)  # atomic: a concurrent export never reads half a file
+    try:
+        from training.text_cache import text_embeddings
+    except ImportError as e:
+        raise ExportError(f"cannot run text encoder {text_encoder!r}: {e}") from None
+    try:
+        emb, _identity = text_embeddings(text_encoder, [c.prompt for c in classes], cache_dir or "")
+    except Exception as e:  # any encoder failure: name the encoder, keep the message
+        raise ExportError(f"text encoder {text_encoder!r} failed: {type(e).__name__}: {e}") from None
+    emb = np.asarray(emb.numpy(), dtype=np.float32)
     check_fits(emb, classes, expected_dim, what=f"embeddings of text encoder {text_encoder!r}")
     return emb
 
@@ -144,15 +122,17 @@ def resolve_embeddings(
     text_encoder: str,
     vocabulary: list[VocabularyClass] | None,
     cache_dir: str | os.PathLike | None = None,
+    force_encode: bool = False,
 ) -> tuple[list[VocabularyClass], np.ndarray]:
     """The vocabulary to export and its (C, D) embeddings.
 
     The checkpoint's own cached embeddings are used when the vocabulary is the checkpoint's (same names and
-    prompts); otherwise the text encoder runs (cached on disk).
+    prompts) and ``force_encode`` is off (another encoder than the checkpoint's); otherwise the text encoder
+    runs (cached on disk).
     """
     classes = list(vocabulary) if vocabulary is not None else list(checkpoint_classes)
     dim = None if checkpoint_embeddings is None else int(checkpoint_embeddings.shape[1])
-    if checkpoint_embeddings is not None and classes == list(checkpoint_classes):
+    if checkpoint_embeddings is not None and classes == list(checkpoint_classes) and not force_encode:
         emb = np.asarray(checkpoint_embeddings, dtype=np.float32)
         check_fits(emb, classes, dim, what="the checkpoint's cached text embeddings")
         return classes, emb

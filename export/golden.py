@@ -129,9 +129,7 @@ def check_golden(
     names = [c.name for c in manifest.vocabulary.classes]
     thr = manifest.thresholds
     checked = 0
-    for g in manifest.golden:
-        if g.backend not in (None, backend):
-            continue
+    for g in manifest.golden_for(backend):
         img = cv2.imread(str(root / g.image), cv2.IMREAD_COLOR)
         if img is None:
             raise ExportError(f"golden image {root / g.image} cannot be read")

@@ -120,9 +120,10 @@ def keep_float_policy(
 
     if float_blocks:
         for b in block_names:
-            if re.search(float_blocks, b):
+            # Blocks without nodes in the inference graph (e.g. the training loss) are not candidates.
+            if re.search(float_blocks, b) and any(n.startswith(prefix_of(b)) for n in names):
                 keep.blocks.append(prefix_of(b))
-                keep.reasons.append(f"block {b}: INT8 not faster than bf16 on this CPU class")
+                keep.reasons.append(f"block {b}: kept float (policy {float_blocks!r})")
     for p in extra_patterns:
         prefix = p if p.startswith("/") and p.endswith("/") else prefix_of(p)
         keep.blocks.append(prefix)

@@ -52,7 +52,7 @@ def quantize_qdq(
     model: nn.Module,
     embeddings: np.ndarray | None = None,
     keep_float: list[str] = (),
-    keep_default_blocks: bool = True,
+    float_blocks: str | None = DEFAULT_FLOAT_BLOCKS,
     for_tensorrt: bool = False,
 ) -> tuple[Path, dict, list[str]]:
     """Q/DQ INT8 ONNX from the FP32 ONNX.
@@ -64,7 +64,7 @@ def quantize_qdq(
         model: the source model (its top-level block names feed the keep-float policy).
         embeddings: (C, D) for vocabulary mode ``input``.
         keep_float: extra blocks to keep float.
-        keep_default_blocks: keep ``DEFAULT_FLOAT_BLOCKS`` float.
+        float_blocks: regex of top-level blocks kept float (None: quantize every block).
         for_tensorrt: what TensorRT explicit quantization requires: signed symmetric int8 activations
             (zero point 0) and float biases (no int32 bias quantization).
     Returns:
@@ -76,7 +76,7 @@ def quantize_qdq(
     keep = keep_float_policy(
         graph,
         [n for n, _ in model.named_children()],
-        DEFAULT_FLOAT_BLOCKS if keep_default_blocks else None,
+        float_blocks,
         keep_float,
     )
     t0 = time.perf_counter()

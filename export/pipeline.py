@@ -26,6 +26,7 @@ from export.bundle_writer import BundleStaging
 from export.calibration import CalibrationSet, build_calibration_set, is_dataset
 from export.errors import ExportError
 from export.golden import check_golden, rig_images, write_golden
+from export.int8_policy import DEFAULT_FLOAT_BLOCKS
 from export.onnx_export import EMBEDDINGS, IMAGES, export_onnx
 from export.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner
 from export.source import ExportSource
@@ -45,6 +46,7 @@ from rtvp_edge.bundle import (
     sha256_file,
     write_manifest,
 )
+from rtvp_edge.preprocess import preprocess
 
 log = logging.getLogger("rtvp_export")
 
@@ -70,12 +72,14 @@ class ExportOptions:
         eval_data: annotated data set root for the accuracy guard (its ``val`` split).
         eval_size: at most this many held-out images.
         keep_float: extra blocks (module names) kept out of INT8.
-        quantize_all_blocks: do not keep the default float blocks (the SAM encoder) out of INT8.
+        float_blocks: regex over the model's top-level block names kept entirely float in INT8 (default:
+            ``int8_policy.DEFAULT_FLOAT_BLOCKS``); None quantizes every block (the head path stays float).
         golden_count: golden images in the bundle.
         score_threshold: the bundle's default score threshold (golden outputs are decoded with it).
         overwrite: replace an existing bundle at ``out``.
         model_version: free-text version recorded in the manifest.
         progress: show tqdm progress bars.
+        text_encoder: encoder spec for the vocabulary (default: the checkpoint's); its width must fit.
     """
 
     target: str = "openvino"
@@ -90,12 +94,13 @@ class ExportOptions:
     eval_data: Path | None = None
     eval_size: int = 200
     keep_float: list[str] = field(default_factory=list)
-    quantize_all_blocks: bool = False
+    float_blocks: str | None = DEFAULT_FLOAT_BLOCKS
     golden_count: int = 4
     score_threshold: float = 0.25
     overwrite: bool = False
     model_version: str | None = None
     progress: bool = True
+    text_encoder: str | None = None
 
 
 def toolchain() -> dict[str, str]:
@@ -163,7 +168,7 @@ def _verification_images(
         return images
     paths: list[Path] = []
     if eval_set is not None:
-        paths = [p for _, p in eval_set.images[:count]]
+        paths = [rec.path for rec in eval_set.images[:count]]
     elif calib is not None:
         paths = list(calib.paths[:count])
     images = [img for p in paths if (img := cv2.imread(str(p), cv2.IMREAD_COLOR)) is not None]
@@ -184,9 +189,10 @@ def _resolve_eval_set(source: ExportSource, options: ExportOptions) -> EvalSet |
         root = source.dataset_root()
     if root is None:
         return None
-    if options.eval_data is None and not (Path(root) / "annotations" / "val.json").is_file():
+    val_split = str(source.provenance.get("val_split") or "val")
+    if options.eval_data is None and not (Path(root) / "annotations" / f"{val_split}.json").is_file():
         return None
-    return load_eval_set(root, "val", options.eval_size)
+    return load_eval_set(root, str(source.provenance.get("val_split") or "val"), options.eval_size)
 
 
 def export_bundle(
@@ -225,7 +231,12 @@ def export_bundle(
         t = time.perf_counter()
         ckpt_emb = None if source.text_embeddings is None else source.text_embeddings.numpy()
         classes, embeddings = emb_mod.resolve_embeddings(
-            source.classes, ckpt_emb, source.text_encoder, vocabulary, cache_dir
+            source.classes,
+            ckpt_emb,
+            options.text_encoder or source.text_encoder,
+            vocabulary,
+            cache_dir,
+            force_encode=options.text_encoder is not None,
         )
         class_names = [c.name for c in classes]
         emb_t = torch.from_numpy(embeddings)
@@ -261,7 +272,13 @@ def export_bundle(
             t = stage_done("onnx", t)
             calib = None
             if options.int8:
-                calib = build_calibration_set(calib_root, spec, options.calib_size, progress=options.progress)
+                calib = build_calibration_set(
+                    calib_root,
+                    spec,
+                    options.calib_size,
+                    progress=options.progress,
+                    split=str(source.provenance.get("train_split") or "train"),
+                )
             t = stage_done("calibration", t)
             check_images = _verification_images(source, calib, eval_set, max(2, options.golden_count))
             ort_fp32 = OnnxRuntimeRunner(onnx_path, feed_emb)
@@ -286,7 +303,7 @@ def export_bundle(
                     source.model,
                     feed_emb,
                     options.keep_float,
-                    not options.quantize_all_blocks,
+                    options.float_blocks,
                 )
                 artifacts = [
                     Artifact(
@@ -311,7 +328,7 @@ def export_bundle(
                     keep = ovb.keep_float_policy(
                         onnx.load(str(onnx_path), load_external_data=False),
                         [n for n, _ in source.model.named_children()],
-                        None if options.quantize_all_blocks else ovb.DEFAULT_FLOAT_BLOCKS,
+                        options.float_blocks,
                         options.keep_float,
                     )
                     control = None
@@ -427,7 +444,7 @@ def export_bundle(
                 vocabulary=VocabularyInfo(
                     mode=options.vocab_mode,
                     classes=classes,
-                    text_encoder=source.text_encoder,
+                    text_encoder=options.text_encoder or source.text_encoder,
                     embeddings_file=EMBEDDINGS_FILE,
                     embeddings_sha256=sha256_file(tmp / EMBEDDINGS_FILE),
                     embedding_dim=int(embeddings.shape[1]),
@@ -495,41 +512,30 @@ def _recompress_fp16(xml: Path) -> None:
 
 
 def _accuracy_control(eval_set: EvalSet | None, spec, class_names, feed_emb, max_ap_drop: float):
-    """Validation samples and function for ``nncf.quantize_with_accuracy_control`` (AP50 in [0, 1])."""
+    """Validation samples and function for ``nncf.quantize_with_accuracy_control`` (AP50 in [0, 1]),
+    computed exactly like the accuracy guard (``export.accuracy``)."""
     import cv2
 
-    from export.accuracy import coco_metrics
-    from rtvp_edge.postprocess import decode_detections
-    from rtvp_edge.preprocess import preprocess
+    from export.accuracy import coco_metrics, predict
 
     if eval_set is None:
         raise ExportError("--accuracy-control needs held-out annotated images: pass --eval-data DATASET")
-    samples, geometry = [], []
-    for image_id, path in eval_set.images:
-        batch, (lb,) = preprocess([cv2.imread(str(path), cv2.IMREAD_COLOR)], spec)
-        samples.append(batch[0])
-        geometry.append((image_id, lb))
+    samples = [
+        preprocess([cv2.imread(str(rec.path), cv2.IMREAD_COLOR)], spec)[0][0] for rec in eval_set.images
+    ]
 
-    def validate(compiled_model, data) -> float:
-        results = []
+    def validate(compiled_model, data) -> float:  # noqa: ARG001 - ``data`` holds the same images as eval_set
         out_boxes, out_scores = compiled_model.output("boxes"), compiled_model.output("scores")
-        for (image_id, lb), feeds in zip(geometry, data, strict=True):
+
+        def runner(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            feeds = {IMAGES: batch}
+            if feed_emb is not None:
+                feeds[EMBEDDINGS] = feed_emb
             res = compiled_model(feeds)
-            for d in decode_detections(
-                res[out_boxes][0], res[out_scores][0], lb, class_names, 0.001, 0.5, 300
-            ):
-                cat = eval_set.categories.get(d.class_name)
-                if cat is not None:
-                    x1, y1, x2, y2 = d.box
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": cat,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": d.score,
-                        }
-                    )
-        return coco_metrics(eval_set, results, class_names)["AP50"] / 100.0
+            return res[out_boxes], res[out_scores]
+
+        detections = predict(runner, eval_set, spec, class_names, desc="accuracy control")
+        return coco_metrics(eval_set, detections, class_names)["AP50"] / 100.0
 
     return samples, validate, max_ap_drop / 100.0
 

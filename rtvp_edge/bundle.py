@@ -143,6 +143,11 @@ class BundleManifest(_Strict):
         have = ", ".join(a.backend for a in self.artifacts) or "none"
         raise BundleError(f"the bundle has no {backend} artifact (it has: {have})")
 
+    def golden_for(self, backend: str) -> list[GoldenSample]:
+        """Golden samples whose expected outputs came from ``backend``'s artifact (samples recorded without
+        a backend apply to any). Export records them for the bundle's primary artifact only."""
+        return [g for g in self.golden if g.backend in (None, backend)]
+
 
 class BundleError(Exception):
     """A bundle is missing, malformed or tampered with. The message names the file and the problem."""

@@ -246,8 +246,15 @@ def metrics_payload(
     per-camera figures), e.g. ``{"parts_per_s": 4.9, "inference_ms_p50": 41.0, "cameras": {"L1": {...}}}``."""
     payload = _envelope("metrics", station, ts if ts is not None else datetime.now(timezone.utc).timestamp())
     payload["interval_s"] = interval_s
-    payload["metrics"] = json.loads(json.dumps(metrics, default=float))  # numpy scalars -> float
+    payload["metrics"] = json.loads(json.dumps(metrics, default=_jsonable))
     return payload
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python numbers/lists; anything else unknown -> its string."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 @lru_cache(maxsize=1)

@@ -607,19 +607,17 @@ class EventPublisher:
             self._arm_will()  # paho reconnects from this thread after the callback returns
         if not self._stopping and self._error is None:
             if self._connects == 0:
-                # Closed before any CONNACK: typically plain MQTT sent to a TLS listener, or not an MQTT port.
-                self._state = (
-                    f"disconnected before the broker answered ({reason_code}): "
-                    "is it a TLS port (set mqtt.tls) or not an MQTT port?; retrying"
+                # Closed before any CONNACK: a TLS listener spoken to in plain MQTT, a broker wanting a
+                # client certificate (TLS 1.3 refuses it after the handshake), or not an MQTT port.
+                hint = (
+                    "does the broker require a client certificate (mqtt.tls.cert/key)?"
+                    if self.config.tls is not None
+                    else "is it a TLS port (set mqtt.tls) or not an MQTT port?"
                 )
+                self._state = f"disconnected before the broker answered ({reason_code}): {hint}; retrying"
             else:
                 self._state = f"disconnected ({reason_code}); retrying"
-            log.warning(
-                "MQTT connection to %s:%s lost (%s); retrying",
-                self.config.host,
-                self.config.port,
-                reason_code,
-            )
+            log.warning("MQTT connection to %s:%s: %s", self.config.host, self.config.port, self._state)
 
     def _on_connect_fail(self, client, userdata) -> None:
         if self._error is None and not self._stopping:

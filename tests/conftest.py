@@ -7,6 +7,7 @@
     def test_y(mosquitto_factory):           # TLS and/or username + password
         broker = mosquitto_factory(tls=True, users={"line": "s3cret"})
         broker.tls["ca"]                     # CA certificate the client must trust
+        broker.tls["client_cert"], broker.tls["client_key"]   # for require_client_cert=True
 
 Tests skip with a clear reason when the mosquitto binary is absent (CI installs Debian's package).
 """
@@ -22,7 +23,9 @@ from tests.mqtt_broker import MosquittoBroker, find_mosquitto, make_test_ca
 
 @pytest.fixture
 def mosquitto_factory(tmp_path_factory):
-    """Factory ``(tls: bool = False, users: dict[str, str] | None = None) -> MosquittoBroker`` (started)."""
+    """Factory ``(tls=False, users=None, require_client_cert=False, server_names="DNS:localhost,IP:127.0.0.1")
+    -> MosquittoBroker`` (started). ``broker.tls`` holds the PEM paths: ca, cert/key (server),
+    client_cert/client_key (signed by the same CA)."""
     binary = find_mosquitto()
     if binary is None:
         pytest.skip(
@@ -30,14 +33,21 @@ def mosquitto_factory(tmp_path_factory):
         )
     brokers: list[MosquittoBroker] = []
 
-    def make(tls: bool = False, users: dict[str, str] | None = None) -> MosquittoBroker:
+    def make(
+        tls: bool = False,
+        users: dict[str, str] | None = None,
+        require_client_cert: bool = False,
+        server_names: str = "DNS:localhost,IP:127.0.0.1",
+    ) -> MosquittoBroker:
         if users and shutil.which("mosquitto_passwd") is None:
             pytest.skip("mosquitto_passwd not found (ships with Debian's mosquitto package)")
         if tls and shutil.which("openssl") is None:
             pytest.skip("openssl command line tool not found; needed to make a test CA")
         workdir = tmp_path_factory.mktemp("mosquitto")
-        certs = make_test_ca(workdir / "certs") if tls else None
-        broker = MosquittoBroker(workdir=workdir, binary=binary, tls=certs, users=users)
+        certs = make_test_ca(workdir / "certs", server_names) if tls else None
+        broker = MosquittoBroker(
+            workdir=workdir, binary=binary, tls=certs, users=users, require_client_cert=require_client_cert
+        )
         brokers.append(broker)
         return broker.start()
 

@@ -40,16 +40,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_test_ca(directory: Path) -> dict[str, Path]:
-    """A CA and a server certificate for ``localhost`` / ``127.0.0.1`` (EC P-256, valid one day).
+def make_test_ca(directory: Path, server_names: str = "DNS:localhost,IP:127.0.0.1") -> dict[str, Path]:
+    """A CA, a server certificate for ``server_names`` and a client certificate (EC P-256, one day).
 
-    Returns paths ``{"ca", "cert", "key"}`` (PEM). Uses the ``openssl`` command line tool.
+    Returns PEM paths ``{"ca", "cert", "key", "client_cert", "client_key"}``. Uses the ``openssl`` CLI.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    ext = directory / "server.ext"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     commands = [
         [
@@ -65,27 +62,25 @@ def make_test_ca(directory: Path) -> dict[str, Path]:
             "1",
             "-subj",
             "/CN=rtvp test CA",
-        ],
-        ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
-        [
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            csr,
-            "-CA",
-            ca_crt,
-            "-CAkey",
-            ca_key,
-            "-CAcreateserial",
-            "-out",
-            crt,
         ]
-        + ["-days", "1", "-extfile", ext],
     ]
+    out = {"ca": ca_crt}
+    for name, cn, ext in (
+        ("server", "localhost", f"subjectAltName={server_names}\nbasicConstraints=CA:FALSE\n"),
+        ("client", "rtvp-edge-test-client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
+    ):
+        key, csr, crt, extfile = (directory / f"{name}.{x}" for x in ("key", "csr", "crt", "ext"))
+        extfile.write_text(ext)
+        commands += [
+            ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={cn}"],
+            ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial"]
+            + ["-out", crt, "-days", "1", "-extfile", extfile],
+        ]
+        prefix = "" if name == "server" else "client_"
+        out[f"{prefix}cert"], out[f"{prefix}key"] = crt, key
     for command in commands:
         subprocess.run([str(c) for c in command], check=True, capture_output=True)
-    return {"ca": ca_crt, "cert": crt, "key": key}
+    return out
 
 
 @dataclass
@@ -98,6 +93,7 @@ class MosquittoBroker:
         port: TCP port (a free one when 0).
         tls: ``{"ca", "cert", "key"}`` paths (see ``make_test_ca``) for a TLS-only listener, or None.
         users: username -> password; when given, anonymous clients are refused.
+        require_client_cert: with ``tls``, refuse clients without a certificate signed by the CA.
     """
 
     workdir: Path
@@ -105,6 +101,7 @@ class MosquittoBroker:
     port: int = 0
     tls: dict[str, Path] | None = None
     users: dict[str, str] | None = None
+    require_client_cert: bool = False
     host: str = "127.0.0.1"
     _process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -148,6 +145,8 @@ class MosquittoBroker:
                 f"certfile {self.tls['cert']}",
                 f"keyfile {self.tls['key']}",
             ]
+            if self.require_client_cert:
+                lines.append("require_certificate true")
         return "\n".join(lines) + "\n"
 
     @property

@@ -59,6 +59,11 @@ def test_ok_and_incomplete_validate(kind):
 def test_status_and_metrics_validate():
     validate_payload(status_payload("online", STATION, MODEL, "cid", "connected"))
     validate_payload(metrics_payload({"parts_per_s": 4.9, "cameras": {"L1": {"fps": 5.0}}}, STATION, 10.0))
+    import numpy as np
+
+    odd = metrics_payload({"p99": np.float32(2.5), "hist": np.arange(3), "since": STATION}, STATION)
+    assert odd["metrics"]["p99"] == 2.5 and odd["metrics"]["hist"] == [0, 1, 2]
+    assert "plant1" in odd["metrics"]["since"]
     with pytest.raises(ValueError, match="online"):
         status_payload("maybe", STATION, MODEL, "cid", "x")
 

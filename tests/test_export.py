@@ -178,12 +178,11 @@ def test_input_mode_vocabulary_swap(glass_data, tmp_path, capsys):
     out = tmp_path / "input"
     m = export_bundle(src, out, _options(glass_data, target="openvino", vocab_mode="input"))
     assert m.io.embeddings_input == "text_embeddings"
-    # A new, smaller vocabulary; embeddings from the cache the test pre-fills (the encoder is another part).
+    # A new, smaller vocabulary, embedded by the bundle's text encoder (random:32) once, here.
     new = _classes(3)
     vocab_file = tmp_path / "vocab.yaml"
     vocab_file.write_text(yaml.safe_dump({"classes": [{"name": c.name, "prompt": c.prompt} for c in new]}))
     cache = tmp_path / "cache"
-    _fill_cache(cache, src.text_encoder, new, _embeddings(3, seed=7).numpy())
     before = load_manifest(out)
     assert main(["vocab", "--bundle", str(out), "--vocab", str(vocab_file), "--cache-dir", str(cache)]) == 0
     after = load_manifest(out)  # hashes rewritten and consistent
@@ -197,13 +196,6 @@ def test_input_mode_vocabulary_swap(glass_data, tmp_path, capsys):
     assert verify_bundle(out) == {"openvino": 2}
 
 
-def _fill_cache(cache, encoder, classes, emb):
-    from export.embeddings import cache_key
-
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(cache / f"{cache_key(encoder, classes)}.npy", emb.astype(np.float32))
-
-
 def test_vocab_swap_refuses_folded_bundle_and_wrong_width(int8_bundle, tmp_path, capsys):
     out, m = int8_bundle
     vocab_file = tmp_path / "vocab.yaml"
@@ -212,10 +204,8 @@ def test_vocab_swap_refuses_folded_bundle_and_wrong_width(int8_bundle, tmp_path,
     assert "folded" in capsys.readouterr().err
     # Embeddings of the wrong width do not fit the model.
     with pytest.raises(ExportError, match="width 16 does not fit"):
-        cache = tmp_path / "cache"
         classes = load_vocabulary(vocab_file)
-        _fill_cache(cache, "random:16", classes, np.ones((1, 16), np.float32))
-        resolve_embeddings(_classes(), _embeddings(8).numpy(), "random:16", classes, cache)
+        resolve_embeddings(_classes(), _embeddings(8).numpy(), "random:16", classes, tmp_path / "cache")
 
 
 def test_failed_export_leaves_no_bundle(glass_data, tmp_path):
@@ -326,3 +316,67 @@ def test_manifest_records_toolchain_and_precision(int8_bundle):
     assert {"torch", "onnx", "openvino", "nncf", "onnxruntime"} <= set(raw["toolchain"])
     assert raw["vocabulary"]["mode"] == "folded"
     assert raw["artifacts"][1]["properties"]["INFERENCE_PRECISION_HINT"] in ("bf16", "f32", "f16")
+
+
+def test_openvino_fp16_ir_and_accuracy_controlled_int8(glass_data, tmp_path):
+    src = _source()
+    m = export_bundle(src, tmp_path / "fp16", _options(glass_data, target="openvino", half=True))
+    art = m.artifact("openvino")
+    assert art.precision == "fp16"
+    assert m.source_checkpoint["parity"]["openvino"]["max_score_diff"] < 5e-3
+    # FP16 weights: the .bin is about half the FP32 ONNX's weight bytes.
+    assert (tmp_path / "fp16" / "openvino" / "model.bin").stat().st_size < 0.7 * (
+        tmp_path / "fp16" / "model.onnx"
+    ).stat().st_size
+    m = export_bundle(
+        src, tmp_path / "ac", _options(glass_data, target="openvino", int8=True, accuracy_control=True)
+    )
+    assert m.calibration["method"] == "nncf.quantize_with_accuracy_control"
+    assert m.accuracy is not None and m.artifact("openvino").precision == "int8"
+
+
+def test_golden_samples_are_recorded_for_the_primary_artifact(int8_bundle):
+    _, m = int8_bundle
+    assert {g.backend for g in m.golden} == {"openvino"}
+    assert m.golden_for("openvino") == m.golden and m.golden_for("onnxruntime") == []
+
+
+@pytest.mark.parametrize("mode", ["int8", "input"])
+def test_runtime_loads_the_bundle_and_passes_its_golden_self_test(int8_bundle, glass_data, tmp_path, mode):
+    """The edge runtime's own loader and self-test (rtvp_edge.backends / rtvp_edge.selftest) accept the bundle."""
+    backends = pytest.importorskip("rtvp_edge.backends", reason="the runtime part is not installed")
+    selftest = pytest.importorskip("rtvp_edge.selftest", reason="the runtime part is not installed")
+    if mode == "int8":
+        out, _ = int8_bundle
+    else:
+        out = tmp_path / "input"
+        export_bundle(_source(), out, _options(glass_data, target="openvino", vocab_mode="input"))
+    m = load_manifest(out)
+    backend = backends.load_backend("openvino", out, m)
+    try:
+        assert selftest.run_golden_selftest(out, m, backend) == len(m.golden) > 0
+    finally:
+        backend.close()
+
+
+def test_keep_float_policy_blocks_and_unknown_block(tmp_path):
+    import onnx
+
+    from export.int8_policy import keep_float_policy
+    from export.onnx_export import export_onnx
+
+    src = _source()
+    path = export_onnx(
+        build_wrapper(src.model, "folded", src.text_embeddings), tmp_path / "m.onnx", "folded", SIZE, (8, DIM)
+    )
+    graph = onnx.load(str(path))
+    blocks = [n for n, _ in src.model.named_children()] + ["det_loss"]  # a block with no inference nodes
+    only_expert = keep_float_policy(graph, blocks, r"^(?!expert$)")
+    assert set(only_expert.blocks) == {"/image_encoder/", "/fuse/", "/head/"}
+    default = keep_float_policy(graph, blocks)
+    assert default.blocks == ["/image_encoder/"]
+    assert any(n.startswith("/head/") for n in default.names) and not any(
+        n.startswith("/expert/") for n in default.names
+    )
+    with pytest.raises(ExportError, match="'/nope/' matches no node"):
+        keep_float_policy(graph, blocks, None, ["nope"])

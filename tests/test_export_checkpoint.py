@@ -181,6 +181,7 @@ def test_cli_errors_name_the_problem(workdir, tmp_path, capsys):
         ),
         (["--checkpoint", ckpt, "--vocab", str(vocab)], "duplicate class name 'oil'"),
         (["--checkpoint", ckpt, "--target", "tensorrt"], "not supported on this machine"),
+        (["--checkpoint", ckpt, "--text-encoder", "random:16"], "width 16 does not fit the model"),
         (
             ["--checkpoint", ckpt, "--int8", "--calib-data", str(data), "--eval-data", str(empty)],
             "annotations",

@@ -161,6 +161,14 @@ def test_bad_inputs_are_named(text):
         model.forward_training(images, targets, torch.randn(3, 384))
     with pytest.raises(ValueError, match="target class 5 out of range"):
         model.forward_training(images, {**targets, "cls": torch.tensor([0, 5, 1])}, text)
+    with pytest.raises(ValueError, match="target class -1 out of range"):
+        model.forward_training(images, {**targets, "cls": torch.tensor([0, -1, 1])}, text)
+    bad = targets["boxes"].clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        model.forward_training(images, {**targets, "boxes": bad}, text)
+    with pytest.raises(ValueError, match="x2>=x1"):
+        model.forward_training(images, {**targets, "boxes": targets["boxes"][:, [2, 3, 0, 1]]}, text)
     with pytest.raises(KeyError, match="boxes"):
         model.forward_training(images, {"batch_idx": targets["batch_idx"], "cls": targets["cls"]}, text)
     with pytest.raises(ValueError, match="stage must be one of"):
@@ -207,3 +215,24 @@ def test_deepcopy_and_pickle_for_ema_and_checkpoints(tmp_path, text):
     with torch.no_grad():
         a, b = model.forward_inference(images, text), ema.forward_inference(images, text)
     assert torch.equal(a[1], b[1])
+
+
+def test_bf16_autocast_training_step(text):
+    model = build().train()
+    images, targets = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.forward_training(images, targets, text)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    losses["loss"].backward()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_autocast_training_step(text):
+    model = build("rtvpnet_s").cuda().train()
+    images, targets = batch()
+    images, targets = images.cuda(), {k: v.cuda() for k, v in targets.items()}
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = model.forward_training(images, targets, text.cuda())
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()

@@ -98,22 +98,31 @@ def test_rvp_bernoulli_in_training_deterministic_in_eval():
     assert torch.allclose(a["selected"], sparse_candidates(a["score"], 2) * a["score"])
 
 
-def test_rvp_box_loss_prefers_selection_inside_boxes():
+def _rvp_out(score: torch.Tensor, ltrb: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"score": score, "logit": torch.logit(score), "selected": torch.ones_like(score), "boxes": ltrb}
+
+
+def test_rvp_box_loss_prefers_scores_inside_well_regressed_boxes():
     stride, h = 8, 4
     gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])  # covers the 2x2 top-left cells
     valid = torch.ones(1, 1, dtype=torch.bool)
     ys, xs = torch.meshgrid(torch.arange(h) * 8 + 4.0, torch.arange(h) * 8 + 4.0, indexing="ij")
     # Perfect auxiliary boxes: the distances from each cell centre to the GT box sides.
-    ltrb = torch.stack([xs - 0, ys - 0, 16 - xs, 16 - ys]).unsqueeze(0)
+    perfect = torch.stack([xs - 0, ys - 0, 16 - xs, 16 - ys]).unsqueeze(0)
     inside = torch.zeros(1, 1, h, h)
     inside[..., :2, :2] = 1
-    on_object = {"score": inside * 0.9 + 0.05, "selected": torch.ones(1, 1, h, h), "boxes": ltrb}
-    on_background = {"score": (1 - inside) * 0.9 + 0.05, "selected": torch.ones(1, 1, h, h), "boxes": ltrb}
-    good = rvp_box_loss([on_object], [stride], gt, valid)
-    bad = rvp_box_loss([on_background], [stride], gt, valid)
-    assert good < 0.2 < 0.8 < bad  # background positions cost 1.0, perfect boxes inside ~0
-    empty = rvp_box_loss([on_object], [stride], torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))
-    assert empty == pytest.approx(1.0)
+    on_object, on_background = inside * 0.9 + 0.05, (1 - inside) * 0.9 + 0.05
+    good = rvp_box_loss([_rvp_out(on_object, perfect)], [stride], gt, valid)
+    bad = rvp_box_loss([_rvp_out(on_background, perfect)], [stride], gt, valid)
+    assert good < 0.1 and bad > 2.5  # BCE of the score against the CIoU quality (1 inside, 0 outside)
+    # A badly regressed auxiliary box costs CIoU and lowers the quality target inside the object.
+    poor = rvp_box_loss([_rvp_out(on_object, perfect * 0.3)], [stride], gt, valid)
+    assert poor > good + 0.5
+    # Without any box every position's target is 0: low scores cost little, high scores a lot.
+    none, none_valid = torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool)
+    low = rvp_box_loss([_rvp_out(torch.full((1, 1, h, h), 0.05), perfect)], [stride], none, none_valid)
+    high = rvp_box_loss([_rvp_out(torch.full((1, 1, h, h), 0.95), perfect)], [stride], none, none_valid)
+    assert low == pytest.approx(-math.log(0.95), rel=1e-4) and high > 2.5
 
 
 def test_task_aligned_assigner_toy_case():

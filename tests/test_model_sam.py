@@ -107,3 +107,23 @@ def test_same_features_as_mobile_sam_at_1024(sam_1024_checkpoint):
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         assert torch.equal(enc(x)["neck"], enc.vit.forward_features(x))
+
+
+def test_rebuild_from_state_dict_needs_no_sam_file(tmp_path, sam_1024_checkpoint):
+    """A checkpoint's model config may name a mobile_sam.pt that the export machine does not have."""
+    from training.model import ModelConfig, build_model
+
+    path, _ = sam_1024_checkpoint
+    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=128, sam_img_size=64, sam_checkpoint=str(path))
+    trained = build_model(cfg)
+    gone = ModelConfig(**{**cfg.to_dict(), "sam_checkpoint": str(tmp_path / "elsewhere" / "mobile_sam.pt")})
+    with pytest.raises(FileNotFoundError, match="load_weights=False"):
+        build_model(gone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "RANDOM weights" warning either: the weights follow
+        rebuilt = build_model(gone, load_weights=False)
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.randn(1, 3, 128, 128)
+    text = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
+    with torch.no_grad():
+        assert torch.equal(trained.eval()(x, text)[1], rebuilt.eval()(x, text)[1])

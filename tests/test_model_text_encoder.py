@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model.text_encoder import build_text_encoder
+from training.model.text_encoder import build_text_encoder, embeddings_cache_key, encode_cached
 
 
 def test_random_encoder_is_deterministic_and_normalised():
@@ -62,3 +62,25 @@ def test_open_clip_random_is_frozen_and_warns():
     assert emb.shape == (2, 512) and enc.identity == "open_clip:ViT-B-32:random"
     assert not any(p.requires_grad for p in enc.model.parameters())
     assert emb.grad_fn is None
+
+
+def test_embedding_cache_per_vocabulary(tmp_path, caplog):
+    enc = build_text_encoder("random:16")
+    prompts = ["oil", "bubble"]
+    first = encode_cached(enc, prompts, tmp_path)
+    path = tmp_path / f"{embeddings_cache_key(enc.identity, prompts)}.pt"
+    assert path.is_file() and torch.equal(first, enc.encode(prompts))
+    # A cache hit returns the stored tensor (prove it by planting a marker in the file).
+    entry = torch.load(path, weights_only=True)
+    entry["embeddings"] = torch.zeros(2, 16)
+    torch.save(entry, path)
+    assert torch.equal(encode_cached(enc, prompts, tmp_path), torch.zeros(2, 16))
+    # Another vocabulary or another encoder is another entry.
+    assert embeddings_cache_key(enc.identity, ["bubble", "oil"]) != embeddings_cache_key(
+        enc.identity, prompts
+    )
+    assert embeddings_cache_key("random:32", prompts) != embeddings_cache_key(enc.identity, prompts)
+    # A corrupt file is re-encoded with a warning, not fatal.
+    path.write_bytes(b"not a torch file")
+    assert torch.equal(encode_cached(enc, prompts, tmp_path), first)
+    assert "unreadable" in caplog.text

@@ -92,3 +92,50 @@ def test_missing_ca_file_names_the_key(secure_broker, tmp_path, monkeypatch):
     pub = EventPublisher(_config(secure_broker, tmp_path, ca=tmp_path / "nope.crt"), STATION, MODEL_INFO)
     with pytest.raises(MqttConfigError, match=r"mqtt\.tls\.ca: file .*nope\.crt not found"):
         pub.start()
+
+
+def test_client_certificate(mosquitto_factory, tmp_path):
+    broker = mosquitto_factory(tls=True, require_client_cert=True)
+    base = {"broker": "external", "host": "localhost", "port": broker.port, "connect_timeout_s": 2}
+    with_cert = MqttConfig(
+        **base,
+        tls={"ca": broker.tls["ca"], "cert": broker.tls["client_cert"], "key": broker.tls["client_key"]},
+        outbox={"path": tmp_path / "a.sqlite"},
+    )
+    pub = EventPublisher(with_cert, STATION, MODEL_INFO).start()
+    assert pub.connected
+    pub.publish_verdict(make_verdict(0))
+    assert pub.stop(flush_timeout=5) == 0
+    # Without a client certificate the broker ends the handshake: never connected, never silently "fine".
+    without = MqttConfig(**base, tls={"ca": broker.tls["ca"]}, outbox={"path": tmp_path / "b.sqlite"})
+    try:
+        pub = EventPublisher(without, STATION, MODEL_INFO).start()
+    except MqttConnectError as exc:  # TLS 1.2: the handshake itself fails
+        assert "TLS handshake" in str(exc)
+    else:  # TLS 1.3: the refusal arrives after the handshake, as a closed connection
+        assert not pub.connected and "client certificate" in pub.state
+        pub.stop(flush_timeout=0.1)
+
+
+def test_insecure_skips_only_the_hostname_check(mosquitto_factory, tmp_path):
+    broker = mosquitto_factory(tls=True, server_names="DNS:broker.plant.example")
+    base = {"broker": "external", "host": "127.0.0.1", "port": broker.port}
+    strict = MqttConfig(**base, tls={"ca": broker.tls["ca"]}, outbox={"path": tmp_path / "a.sqlite"})
+    with pytest.raises(MqttConnectError, match="does not name this host|mismatch"):
+        EventPublisher(strict, STATION, MODEL_INFO).start()
+    insecure = MqttConfig(
+        **base, tls={"ca": broker.tls["ca"], "insecure": True}, outbox={"path": tmp_path / "b.sqlite"}
+    )
+    pub = EventPublisher(insecure, STATION, MODEL_INFO).start()
+    assert pub.connected
+    pub.stop(flush_timeout=1)
+    # The chain is still verified: another CA's certificate is refused even with insecure.
+    from tests.mqtt_broker import make_test_ca
+
+    other = MqttConfig(
+        **base,
+        tls={"ca": make_test_ca(tmp_path / "o")["ca"], "insecure": True},
+        outbox={"path": tmp_path / "c.sqlite"},
+    )
+    with pytest.raises(MqttConnectError, match="not trusted"):
+        EventPublisher(other, STATION, MODEL_INFO).start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -68,7 +68,6 @@ class ModelConfig:
     assign_beta: float = 6.0
     # Weights of the frozen MobileSAM encoder (mobile_sam.pt); None = random init (warned).
     sam_checkpoint: str | None = None
-    extra: dict = field(default_factory=dict, repr=False)  # reserved, must stay empty
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -86,8 +85,6 @@ class ModelConfig:
                 setattr(self, f.name, float(v))
             if t.startswith("str") and not isinstance(v, str):
                 raise ValueError(f"model.{f.name}: expected a string, got {v!r}")
-        if self.extra:
-            raise ValueError(f"model.extra must be empty, got keys {sorted(self.extra)}")
         if self.variant not in MODEL_REGISTRY:
             raise ValueError(f"model.variant: unknown {self.variant!r}, choose from {sorted(MODEL_REGISTRY)}")
         for name in ("img_size", "sam_img_size"):
@@ -121,13 +118,11 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known - {'extra'})}")
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extra")
-        return d
+        return dataclasses.asdict(self)
 
     def resolved(self) -> ModelConfig:
         """Copy with the variant's literal sizes filled in where this config leaves ``None``."""
@@ -136,7 +131,7 @@ class ModelConfig:
         return dataclasses.replace(self, **updates)
 
 
-def _assemble(cfg: ModelConfig) -> RTVPNet:
+def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
     """Build every part from a resolved config and pass them to RTVPNet as keyword arguments."""
     expert = C2FExpert(cfg.width, cfg.depth, cfg.max_channels)
     spec = expert.output_shape()
@@ -144,7 +139,7 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
     strides = [s.stride for s in spec.values()]
     sam = projection = rvp = tv = vt = None
     if cfg.edp:
-        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint)
+        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint, load_weights=load_weights)
         projection = DomainProjection(sam.output_shape(), spec, cfg.projection, cfg.mask_ratio, cfg.patch)
     if cfg.rvp:
         rvp = nn.ModuleList(
@@ -178,18 +173,18 @@ def _assemble(cfg: ModelConfig) -> RTVPNet:
     )
 
 
-def build_rtvpnet_s(cfg: ModelConfig | None = None) -> RTVPNet:
+def build_rtvpnet_s(cfg: ModelConfig | None = None, load_weights: bool = True) -> RTVPNet:
     """RTVPNet-S: C2F-S expert (YOLOv8-S widths and depths) at 640 px; the frozen SAM branch runs at
     256 px, the largest size that keeps the deployed model within YOLO-World-S's 32.8 GFLOPs
     (31.9 GFLOPs, 2xMAC; every choice is in benchmarks/results/model.md)."""
     cfg = cfg or ModelConfig(variant="rtvpnet_s")
-    return _assemble(cfg.resolved())
+    return _assemble(cfg.resolved(), load_weights)
 
 
-def build_rtvpnet_tiny(cfg: ModelConfig | None = None) -> RTVPNet:
+def build_rtvpnet_tiny(cfg: ModelConfig | None = None, load_weights: bool = True) -> RTVPNet:
     """RTVPNet-tiny for CPU, CI and demos: narrow expert, SAM branch at 128 px."""
     cfg = cfg or ModelConfig(variant="rtvpnet_tiny")
-    return _assemble(cfg.resolved())
+    return _assemble(cfg.resolved(), load_weights)
 
 
 # Literal sizes per variant (the builders' hyper-parameters).
@@ -204,8 +199,15 @@ MODEL_REGISTRY = {
 }
 
 
-def build_model(cfg: ModelConfig) -> RTVPNet:
-    """Build the variant named by ``cfg.variant`` with ``cfg``'s switches and sizes."""
+def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> RTVPNet:
+    """Build the variant named by ``cfg.variant`` with ``cfg``'s switches and sizes.
+
+    Args:
+        cfg (ModelConfig): the configuration.
+        load_weights (bool): load external pretrained weights (``cfg.sam_checkpoint``). Pass False when
+            a trained RTVPNet state dict is loaded right after (``build_from_checkpoint``): the
+            ``mobile_sam.pt`` file need not exist on that machine.
+    """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
-    return MODEL_REGISTRY[cfg.variant](cfg)
+    return MODEL_REGISTRY[cfg.variant](cfg, load_weights=load_weights)

@@ -88,6 +88,23 @@ class RTVPNet(nn.Module):
                 f"text_embeds must be (C,{self.text_dim}) with C >= 1, got {tuple(text_embeds.shape)}"
             )
 
+    @staticmethod
+    def _check_targets(boxes: torch.Tensor, cls: torch.Tensor, num_classes: int) -> None:
+        if len(cls) == 0:
+            return
+        if int(cls.min()) < 0 or int(cls.max()) >= num_classes:
+            bad = int(cls.min()) if int(cls.min()) < 0 else int(cls.max())
+            raise ValueError(f"target class {bad} out of range for {num_classes} text embeddings")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(
+                f"target boxes contain NaN/inf: {boxes[~torch.isfinite(boxes).all(1)][:3].tolist()}"
+            )
+        inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if inverted.any():
+            raise ValueError(
+                f"target boxes must be xyxy with x2>=x1, y2>=y1; got {boxes[inverted][:3].tolist()}"
+            )
+
     # ----------------------------------------------------------------- forward
     def _expert(self, images: torch.Tensor, trainable: bool) -> dict[str, torch.Tensor]:
         if trainable:
@@ -158,10 +175,7 @@ class RTVPNet(nn.Module):
             gt_cls.to(images.device),
             gt_valid.to(images.device),
         )
-        if gt_valid.any() and int(gt_cls[gt_valid].max()) >= text_embeds.shape[0]:
-            raise ValueError(
-                f"target class {int(gt_cls[gt_valid].max())} out of range for {text_embeds.shape[0]} text embeddings"
-            )
+        self._check_targets(gt_boxes[gt_valid], gt_cls[gt_valid], text_embeds.shape[0])
         feats, text, align, rvp_out = self._features(images, text_embeds, stage)
         dist, logits, anchors, strides = self.head(feats, text)
         losses = self.det_loss(dist, logits, anchors, strides, gt_boxes, gt_cls, gt_valid)

@@ -78,13 +78,15 @@ class SamImageEncoder(nn.Module):
         img_size (int): square input size in pixels; a multiple of 32 (TinyViT downsamples by 16 with
             stride-2 convs whose sizes must stay even).
         checkpoint (str | Path | None): path to ``mobile_sam.pt``; ``None`` keeps a random init (warned).
+        load_weights (bool): False when a full RTVPNet state dict is loaded afterwards (rebuilding from
+            a training checkpoint): the checkpoint file is then neither needed nor read.
 
     ``forward(images (B,3,H,W))`` resizes to ``img_size`` and returns ``{"s8": (B,128,S/8,S/8),
     "s16": (B,160,S/16,S/16), "neck": (B,256,S/16,S/16)}`` with ``S = img_size``; strides in
     ``output_shape()`` are in this encoder's own input pixels. Expects ImageNet-normalised RGB like SAM.
     """
 
-    def __init__(self, img_size: int = 1024, checkpoint: str | Path | None = None):
+    def __init__(self, img_size: int = 1024, checkpoint: str | Path | None = None, load_weights: bool = True):
         super().__init__()
         if img_size % 32 or img_size < 64:
             raise ValueError(f"sam_img_size must be a multiple of 32 and >= 64, got {img_size}")
@@ -92,7 +94,10 @@ class SamImageEncoder(nn.Module):
         self.grid = img_size // 16  # 64 for the 1024 px input mobile_sam hard-codes
         self.vit = TinyViT(img_size=img_size, in_chans=3, num_classes=1000, **MOBILE_SAM_T)
         self.checkpoint = str(checkpoint) if checkpoint else None
-        if checkpoint:
+        if not load_weights:
+            # Rebuilding a trained model: its state dict (which holds these weights) is loaded next.
+            log.debug("MobileSAM encoder built without weights; expecting a state dict to follow")
+        elif checkpoint:
             self.load_checkpoint(checkpoint)
         else:
             msg = (
@@ -111,7 +116,10 @@ class SamImageEncoder(nn.Module):
         """Load ``mobile_sam.pt`` strictly; raises FileNotFoundError / ValueError / RuntimeError naming it."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"MobileSAM checkpoint not found: {path}")
+            raise FileNotFoundError(
+                f"MobileSAM checkpoint not found: {path} (rebuilding a trained model from its checkpoint? "
+                "use build_model(cfg, load_weights=False): the SAM weights are in the model's state dict)"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:
             self.vit.load_state_dict(remap_mobile_sam_checkpoint(state), strict=True)

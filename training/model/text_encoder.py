@@ -20,8 +20,10 @@ per vocabulary and cached (the checkpoint and the export bundle store them).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -165,3 +167,38 @@ def build_text_encoder(spec: str) -> TextEncoder:
     raise ValueError(
         f"unknown text encoder spec {spec!r}: use open_clip:<arch>:<weights>, minilm[:D] or random:D"
     )
+
+
+def embeddings_cache_key(identity: str, prompts: list[str]) -> str:
+    """sha256 of the encoder identity and the ordered prompts: one cache entry per vocabulary."""
+    blob = json.dumps({"text_encoder": identity, "prompts": list(prompts)}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def encode_cached(encoder: TextEncoder, prompts: list[str], cache_dir: str | Path | None) -> torch.Tensor:
+    """``encoder.encode(prompts)`` through an on-disk cache (one ``<sha256>.pt`` per vocabulary).
+
+    The file stores the identity and prompts next to the (C,D) embeddings and is checked on read; a
+    corrupt or mismatching file is re-encoded (with a warning) and replaced atomically.
+    ``cache_dir=None`` disables the cache.
+    """
+    if cache_dir is None:
+        return encoder.encode(prompts)
+    cache_dir = Path(cache_dir)
+    key = embeddings_cache_key(encoder.identity, prompts)
+    path = cache_dir / f"{key}.pt"
+    if path.is_file():
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["text_encoder"] == encoder.identity and entry["prompts"] == list(prompts):
+                return entry["embeddings"]
+            log.warning("text embedding cache %s does not match its key; re-encoding", path)
+        except Exception as e:  # a half-written or foreign file must not stop training
+            log.warning("text embedding cache %s unreadable (%s); re-encoding", path, e)
+    emb = encoder.encode(prompts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    torch.save({"text_encoder": encoder.identity, "prompts": list(prompts), "embeddings": emb}, tmp)
+    os.replace(tmp, path)  # atomic: concurrent DDP ranks never read a partial file
+    return emb

@@ -72,9 +72,10 @@ class RefinedVisualPrompt(nn.Module):
     def forward(self, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
         """prompt (B,C,H,W) -> dict with ``refined`` (B,C,H,W), ``score`` (B,1,H,W) in (0,1),
         ``selected`` (B,1,H,W) hard 0/1 mask (training) or weights (inference); in training also
-        ``boxes`` (B,4,H,W), the auxiliary head's l, t, r, b distances in px."""
+        ``boxes`` (B,4,H,W), the auxiliary head's l, t, r, b distances in px, and ``logit`` (B,1,H,W)."""
         act = energy_activation(prompt, self.lam)
-        score = torch.sigmoid(self.mlp(act))
+        logit = self.mlp(act)
+        score = torch.sigmoid(logit)
         cand = sparse_candidates(score, self.cells)
         if self.training:
             hard = torch.bernoulli(score.detach()) * cand
@@ -83,8 +84,9 @@ class RefinedVisualPrompt(nn.Module):
         else:
             select = hard = cand * score
         out = {"refined": act * select, "score": score, "selected": hard.detach()}
-        if self.training:  # the auxiliary box head only serves the training loss
+        if self.training:  # the auxiliary box head and the logit only serve the training loss
             out["boxes"] = F.softplus(self.box(act)) * self.stride
+            out["logit"] = logit
         return out
 
 
@@ -93,20 +95,21 @@ def rvp_box_loss(
     strides: list[int],
     gt_boxes: torch.Tensor,
     gt_valid: torch.Tensor,
-    background_cost: float = 1.0,
 ) -> torch.Tensor:
-    """IoU-based optimisation of the selection (TPAMI 4.4, last paragraph).
+    """IoU-based optimisation of the selection (TPAMI 4.4, last paragraph). Sum of two terms:
 
-    Over the positions selected in training, the score-weighted mean of: the CIoU loss between the
-    auxiliary box and the smallest ground-truth box containing the position, or ``background_cost`` when
-    no box contains it. Lowering it moves the score onto positions inside objects whose box is well
-    regressed, and trains the auxiliary head.
+    * box term: mean CIoU loss, over the selected positions lying inside a ground-truth box, between the
+      auxiliary box and the smallest box containing the position (trains the auxiliary head);
+    * score term: binary cross-entropy of the uncertainty score against a CIoU quality target,
+      ``clamp(1 - CIoU loss, 0, 1)`` of the auxiliary box inside objects (no gradient) and 0 outside
+      every box, averaged over all positions. The score, hence the sparse selection, moves onto
+      positions inside objects whose box is well regressed (an IoU-aware score, as in VarifocalNet).
 
     Args:
         outputs: RVP outputs per level (see :meth:`RefinedVisualPrompt.forward`).
         strides: stride per level. gt_boxes (B,M,4) xyxy px. gt_valid (B,M) bool.
     """
-    num, den = [], []
+    box_sum, box_n, score_sum, score_n = [], [], [], []
     for out, stride in zip(outputs, strides, strict=True):
         score, sel, ltrb = out["score"], out["selected"], out["boxes"]
         b, _, h, w = score.shape
@@ -116,7 +119,10 @@ def rvp_box_loss(
         centers = torch.stack([cx, cy], -1).view(1, -1, 1, 2)  # (1, HW, 1, 2)
         ltrb = ltrb.flatten(2).transpose(1, 2)  # (B, HW, 4)
         pred = torch.cat([centers[:, :, 0] - ltrb[..., :2], centers[:, :, 0] + ltrb[..., 2:]], -1)
-        cost = torch.full((b, h * w), background_cost, device=score.device, dtype=score.dtype)
+        sel = sel.flatten(1)  # (B, HW) 0/1
+        quality = torch.zeros((b, h * w), device=score.device, dtype=score.dtype)
+        has = torch.zeros_like(sel, dtype=torch.bool)
+        ciou = torch.zeros_like(quality)
         if gt_boxes.shape[1] > 0:
             g = gt_boxes.unsqueeze(1)  # (B, 1, M, 4)
             inside = (
@@ -131,9 +137,19 @@ def rvp_box_loss(
             idx = area.argmin(-1)  # (B, HW) smallest containing box
             target = torch.gather(gt_boxes, 1, idx.unsqueeze(-1).expand(-1, -1, 4))
             has = inside.any(-1)
-            ciou = complete_box_iou_loss(pred.reshape(-1, 4), target.reshape(-1, 4), reduction="none")
-            cost = torch.where(has, ciou.view(b, -1), cost)
-        weight = score.flatten(1) * sel.flatten(1)  # (B, HW)
-        num.append((weight * cost).sum())
-        den.append(weight.sum())
-    return torch.stack(num).sum() / torch.stack(den).sum().clamp_min(1e-6)
+            ciou = complete_box_iou_loss(pred.reshape(-1, 4), target.reshape(-1, 4), reduction="none").view(
+                b, -1
+            )
+            quality = torch.where(has, (1 - ciou.detach()).clamp(0, 1), quality)
+        on_object = sel * has
+        box_sum.append((ciou * on_object).sum())
+        box_n.append(on_object.sum())
+        # BCE on the MLP's logit (stable, autocast-safe), in float32.
+        bce = F.binary_cross_entropy_with_logits(
+            out["logit"].flatten(1).float(), quality.float(), reduction="sum"
+        )
+        score_sum.append(bce)
+        score_n.append(quality.numel())
+    box_term = torch.stack(box_sum).sum() / torch.stack(box_n).sum().clamp_min(1.0)
+    score_term = torch.stack(score_sum).sum() / sum(score_n)
+    return box_term + score_term

@@ -1,0 +1,40 @@
+"""Inference backends behind one interface, chosen from the line config through a plain dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtvp_edge.backends.base import Backend, InferCallback, load_embeddings
+from rtvp_edge.backends.onnxruntime import OnnxRuntimeBackend
+from rtvp_edge.backends.openvino import OpenVINOBackend
+from rtvp_edge.backends.tensorrt import TensorRTBackend
+from rtvp_edge.bundle import BundleError, BundleManifest
+
+BACKENDS: dict[str, type[Backend]] = {
+    "openvino": OpenVINOBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "tensorrt": TensorRTBackend,
+}
+
+
+def load_backend(
+    name: str,
+    bundle_dir: str | Path,
+    manifest: BundleManifest,
+    device: str = "CPU",
+    threads: int = 0,
+    infer_requests: int = 2,
+) -> Backend:
+    """Build and load the named backend for a verified bundle.
+
+    Raises:
+        BundleError: unknown backend, artifact missing, or the runtime cannot load it.
+    """
+    if name not in BACKENDS:
+        raise BundleError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    backend = OpenVINOBackend(infer_requests) if name == "openvino" else BACKENDS[name]()
+    backend.load(bundle_dir, manifest, device, threads)
+    return backend
+
+
+__all__ = ["BACKENDS", "Backend", "InferCallback", "load_backend", "load_embeddings"]

@@ -1,0 +1,139 @@
+"""One interface for every inference runtime (load, describe inputs, infer), one small class per runtime.
+
+The model contract (bundle ``io``): input ``images`` (B, 3, H, W) float32 preprocessed per the manifest,
+optional ``embeddings`` (C, D) float32 in vocabulary mode ``input``; outputs ``boxes`` (B, N, 4) xyxy in
+model-input pixels and ``scores`` (B, N, C) class probabilities in [0, 1].
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtvp_edge.bundle import BundleError, BundleManifest
+
+# callback(boxes (B,N,4), scores (B,N,C), error) -- exactly one of (outputs, error) is set.
+InferCallback = Callable[[np.ndarray | None, np.ndarray | None, BaseException | None], None]
+
+
+class Backend(abc.ABC):
+    """An inference runtime running one bundle artifact.
+
+    Lifecycle: ``load`` once, then ``infer`` (synchronous) or ``submit`` + ``wait_all`` (asynchronous:
+    several batches in flight; OpenVINO implements it with an ``AsyncInferQueue``, the others run the
+    request synchronously and call back at once). ``close`` releases the runtime.
+    """
+
+    name: str = "base"
+
+    def __init__(self) -> None:
+        self.manifest: BundleManifest | None = None
+        self.fixed_batch: int = -1  # > 0 when the compiled artifact only accepts this batch size
+
+    @abc.abstractmethod
+    def load(self, bundle_dir: str | Path, manifest: BundleManifest, device: str, threads: int) -> None:
+        """Compile/load the bundle's artifact for this backend.
+
+        Args:
+            bundle_dir: the (already verified) bundle directory.
+            manifest: its manifest.
+            device: runtime device name (OpenVINO "CPU"/"GPU", ONNX Runtime "cpu"/"cuda", TensorRT GPU index).
+            threads: CPU threads for inference, 0 for the runtime's default.
+        Raises:
+            BundleError: the artifact is missing or cannot be loaded (message names the file).
+        """
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Run one batch whose size the artifact accepts."""
+
+    def infer(self, batch: np.ndarray, embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model.
+
+        Args:
+            batch: (B, 3, H, W) float32 preprocessed images.
+            embeddings: (C, D) float32 class embeddings, only for bundles in vocabulary mode ``input``.
+        Returns:
+            boxes (B, N, 4) float32 xyxy in model-input pixels, scores (B, N, C) float32 in [0, 1].
+        """
+        if batch.ndim != 4 or batch.dtype != np.float32:
+            raise ValueError(f"expected a (B,3,H,W) float32 batch, got {batch.shape} {batch.dtype}")
+        fb = self.fixed_batch
+        if fb <= 0 or batch.shape[0] == fb:
+            boxes, scores = self._infer(np.ascontiguousarray(batch), embeddings)
+        else:
+            # A static-batch artifact: run it in chunks, padding the last with zeros.
+            outs_b, outs_s = [], []
+            for i in range(0, batch.shape[0], fb):
+                chunk = batch[i : i + fb]
+                n = chunk.shape[0]
+                if n < fb:
+                    pad = np.zeros((fb - n, *chunk.shape[1:]), dtype=np.float32)
+                    chunk = np.concatenate([chunk, pad])
+                b, s = self._infer(np.ascontiguousarray(chunk), embeddings)
+                outs_b.append(b[:n])
+                outs_s.append(s[:n])
+            boxes, scores = np.concatenate(outs_b), np.concatenate(outs_s)
+        self._check_outputs(batch.shape[0], boxes, scores)
+        return boxes, scores
+
+    def submit(self, batch: np.ndarray, embeddings: np.ndarray | None, callback: InferCallback) -> None:
+        """Start inference of ``batch``; ``callback`` is called (possibly from another thread) when done.
+        The default runs synchronously."""
+        try:
+            boxes, scores = self.infer(batch, embeddings)
+        except Exception as e:  # noqa: BLE001 - handed to the caller's callback
+            callback(None, None, e)
+            return
+        callback(boxes, scores, None)
+
+    def wait_all(self) -> None:
+        """Block until every submitted batch has called back."""
+        return None  # synchronous backends have nothing in flight
+
+    def close(self) -> None:
+        """Release the runtime."""
+        return None  # nothing to release for runtimes freed by garbage collection
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name, device and input layout, for logs and the metrics event."""
+        return {"backend": self.name, "fixed_batch": self.fixed_batch}
+
+    def _check_outputs(self, n: int, boxes: np.ndarray, scores: np.ndarray) -> None:
+        c = len(self.manifest.vocabulary.classes) if self.manifest else scores.shape[-1]
+        if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
+            raise BundleError(f"{self.name}: boxes output has shape {boxes.shape}, expected ({n}, N, 4)")
+        if scores.shape[:2] != boxes.shape[:2] or scores.shape[2] != c:
+            raise BundleError(
+                f"{self.name}: scores output has shape {scores.shape}, expected ({n}, {boxes.shape[1]}, {c})"
+            )
+
+
+def artifact_path(bundle_dir: str | Path, manifest: BundleManifest, backend: str) -> Path:
+    art = manifest.artifact(backend)
+    p = Path(bundle_dir) / art.path
+    if not p.is_file():
+        raise BundleError(f"{p}: the {backend} artifact named in the manifest is missing")
+    return p
+
+
+def load_embeddings(bundle_dir: str | Path, manifest: BundleManifest) -> np.ndarray | None:
+    """The (C, D) float32 class embeddings for vocabulary mode ``input``; None when folded."""
+    voc = manifest.vocabulary
+    if voc.mode != "input":
+        return None
+    p = Path(bundle_dir) / voc.embeddings_file
+    try:
+        emb = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{p}: cannot read the text embeddings ({e})") from None
+    if emb.shape != (len(voc.classes), voc.embedding_dim):
+        raise BundleError(
+            f"{p}: embeddings have shape {emb.shape}, the manifest says "
+            f"({len(voc.classes)}, {voc.embedding_dim})"
+        )
+    return emb.astype(np.float32, copy=False)

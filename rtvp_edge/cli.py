@@ -1,0 +1,218 @@
+"""``rtvp-edge``: run a line, check a line file or a bundle, listen to a line's events.
+
+Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration or refused bundle
+(the message names the file, the line and the key), 1 a runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from rtvp_edge import __version__
+from rtvp_edge.bundle import BundleError, load_manifest
+from rtvp_edge.config import ConfigError, load_line_config
+from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
+
+log = logging.getLogger("rtvp_edge")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtvp-edge", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"rtvp-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a line: cameras -> verdicts -> MQTT")
+    r.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
+    r.add_argument("--parts", type=int, default=None, help="stop after judging this many parts")
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--no-live", action="store_true", help="no live status line")
+    r.add_argument(
+        "--no-mqtt",
+        action="store_true",
+        help="judge parts without publishing (bench runs; verdicts still logged)",
+    )
+    r.add_argument(
+        "--jsonl", type=Path, default=None, help="also append every verdict as one JSON line to FILE"
+    )
+    r.add_argument("--log-level", default=None, help="override runtime.log_level")
+
+    c = sub.add_parser(
+        "check", help="validate a line file (and its bundle) or a bundle alone, without running"
+    )
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--line", type=Path, help="line configuration (YAML)")
+    g.add_argument("--bundle", type=Path, help="bundle directory")
+    c.add_argument("--backend", default=None, help="with --bundle: backend to self-test (default: openvino)")
+
+    li = sub.add_parser("listen", help="subscribe to a line's events and print them as a person reads them")
+    li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
+    li.add_argument("--max", type=int, default=None, help="exit after this many messages")
+    li.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
+    li.add_argument("--defects", action="store_true", help="also print one line per defect event")
+    return p
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"rtvp-edge: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rtvp_edge.pipeline import build_policy, load_and_check_bundle
+
+    if args.bundle is not None:
+        manifest = load_manifest(args.bundle)
+        backend_name = args.backend or "openvino"
+        _, backend = load_and_check_bundle(args.bundle, backend_name, selftest=False)
+        try:
+            from rtvp_edge.selftest import run_golden_selftest
+
+            n = run_golden_selftest(args.bundle, manifest, backend)
+        finally:
+            backend.close()
+        print(
+            f"{args.bundle}: OK: {len(manifest.files)} files match their sha256; golden self-test passed on "
+            f"{n} image(s) with {backend_name}; model {manifest.model.name} {manifest.model.version}, "
+            f"classes {[c.name for c in manifest.vocabulary.classes]}"
+        )
+        return EXIT_OK
+    config = load_line_config(args.line)
+    m = config.model
+    manifest, backend = load_and_check_bundle(
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+    )
+    try:
+        build_policy(config, manifest)
+    finally:
+        backend.close()
+    config.mqtt.check_files()  # TLS files exist
+    config.mqtt.password()  # the password variable is set (its value is never printed)
+    kinds = ", ".join(f"{c.id}={c.kind}" for c in config.cameras)
+    selftest = (
+        "golden self-test passed" if m.selftest else "golden self-test DISABLED (model.selftest: false)"
+    )
+    print(
+        f"{args.line}: OK: line {config.line.site}/{config.line.line}/{config.line.station}, "
+        f"{len(config.cameras)} cameras ({kinds}), bundle {m.bundle} verified, {m.backend} on {m.device} "
+        f"loaded, {selftest}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rtvp_edge.broker import broker_for
+    from rtvp_edge.live import LiveLine
+    from rtvp_edge.pipeline import build_pipeline
+    from rtvp_edge.verdict import verdict_record
+
+    config = load_line_config(args.line)
+    _setup_logging(args.log_level or config.runtime.log_level)
+    if args.parts is not None and args.parts < 1:
+        return _fail(f"--parts must be >= 1, got {args.parts}", EXIT_CONFIG)
+    if args.duration is not None and args.duration <= 0:
+        return _fail(f"--duration must be > 0, got {args.duration}", EXIT_CONFIG)
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):  # only sets a flag: the run loop stops the line cleanly
+        log.warning(
+            "%s received: stopping (in-flight parts finish, outbox flushed or kept)",
+            signal.Signals(signum).name,
+        )
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            if not args.no_mqtt:
+                stack.enter_context(broker_for(config.mqtt))  # embedded: a localhost broker for the demo
+            live = None if args.no_live else LiveLine()
+            sinks = []
+            if args.jsonl is not None:
+                jsonl = stack.enter_context(
+                    open(args.jsonl, "a", buffering=1)
+                )  # line-buffered: a kill loses nothing
+
+                def write_jsonl(verdict):
+                    jsonl.write(json.dumps(verdict_record(verdict)) + "\n")
+
+                sinks.append(write_jsonl)
+            pipeline = build_pipeline(config, sinks=sinks, use_mqtt=not args.no_mqtt)
+            stack.callback(pipeline.close)
+            if pipeline.publisher is not None:
+                pipeline.publisher.start()  # MqttConnectError: refused login / TLS -> exit 2
+
+            def tick(p):
+                if live is not None:
+                    live.update(p.snapshot(), p.broker_state())
+
+            summary = pipeline.run(args.parts, args.duration, stop, on_tick=tick)
+            if live is not None:
+                live.close(summary.metrics, pipeline.broker_state())
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    v = summary.verdicts
+    if pipeline.fatal:
+        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
+    print(
+        f"done: {summary.parts} parts in {summary.duration_s:.1f} s: OK {v.get('OK', 0)}, NG {v.get('NG', 0)}, "
+        f"INCOMPLETE {v.get('INCOMPLETE', 0)}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from rtvp_edge.listen import run_listen
+    from rtvp_edge.pipeline import station_ids
+
+    config = load_line_config(args.line)
+    root = config.mqtt.station_root(station_ids(config))
+    run_listen(
+        config.mqtt,
+        root,
+        out=sys.stdout,
+        max_messages=args.max,
+        timeout=args.timeout,
+        show_defects=args.defects,
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_listen(args)
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError) as e:
+        return _fail(str(e), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as e:  # a clear line for the operator; the traceback only at debug level
+        log.debug("unexpected failure", exc_info=True)
+        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""The line configuration: one typed schema, read once at start (``load_line_config``).
+
+A line file (YAML) says which cameras exist and where they sit in the rig, how their frames become parts,
+which bundle and backend run the model, how detections become a verdict, where events and evidence go.
+Every section refuses unknown keys; every error names the file, the line and the key, e.g.::
+
+    line_config/glass.yaml:14: cameras.2.overflow: Input should be 'drop_oldest', 'drop_newest' or 'block'
+
+Relative paths are resolved against the directory of the line file, so a line file and its bundle can be
+moved together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
+
+
+class ConfigError(Exception):
+    """A line configuration is invalid. The message names the file, the line and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", "."))
+
+
+_ID = r"^[A-Za-z0-9_.-]+$"  # ids become MQTT topic levels and file names: no '/', '+', '#', spaces
+
+
+class LineIds(_Strict):
+    """Who is speaking: default topic root is ``rtvp/<site>/<line>/<station>``."""
+
+    site: str = Field(pattern=_ID)
+    line: str = Field(pattern=_ID)
+    station: str = Field(pattern=_ID)
+
+
+class Resolution(_Strict):
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+SourceKind = Literal["sim", "usb", "url", "gstreamer", "folder", "video"]
+_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
+
+
+def classify_source(source: str | int) -> SourceKind:
+    """Which kind of camera a ``source:`` value means.
+
+    ``sim`` -> simulated rig; an int (or digits) -> USB/V4L2 index; ``rtsp://``/``http://``... -> network
+    stream; a string containing `` ! `` -> GStreamer pipeline; an existing directory -> folder replay;
+    anything else -> a video file.
+    """
+    if isinstance(source, int) or (isinstance(source, str) and source.strip().isdigit()):
+        return "usb"
+    if source == "sim":
+        return "sim"
+    if _URL.match(source):
+        return "url"
+    if " ! " in source:
+        return "gstreamer"
+    if os.path.isdir(source):
+        return "folder"
+    return "video"
+
+
+class CameraConfig(_Strict):
+    """One camera and its place in the rig."""
+
+    id: str = Field(pattern=_ID)
+    source: str | int
+    resolution: Resolution | None = None  # expected frame size; other sizes are counted and skipped
+    bank: Literal["left", "right", "single"] = "single"
+    view: int = Field(ge=0)  # view index within a part (rig: 0-2 left bank, 3-5 right bank)
+    buffer: int = Field(4, ge=1, le=1024)
+    overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+    replay_fps: float | None = Field(None, gt=0)  # folder/video sources: frames per second (None: as fast)
+    loop: bool = False  # folder/video sources: start again at the end instead of ending
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, v: str | int, info: ValidationInfo) -> str | int:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("empty camera source")
+        kind = classify_source(v)
+        if kind in ("folder", "video"):
+            p = Path(v)
+            if not p.is_absolute():
+                p = _base_dir(info) / p
+            if not p.exists():
+                raise ValueError(
+                    f"{str(v)!r} is not 'sim', a USB index, a URL or a GStreamer pipeline, "
+                    f"and no such file or folder exists ({p})"
+                )
+            return str(p.resolve())
+        return v
+
+    @property
+    def kind(self) -> SourceKind:
+        return classify_source(self.source)
+
+
+class SimConfig(_Strict):
+    """The simulated rotating rig (cameras with ``source: sim``)."""
+
+    seed: int = Field(0, ge=0)
+    line_rate_hz: float = Field(2.0, gt=0)  # containers per second through the gate
+    defect_free_share: float | None = Field(None, ge=0, le=1)  # None: the rig's default
+    n_containers: int | None = Field(None, ge=1)  # a finite run (None: endless, like a real line)
+    realtime: bool = True  # False: frames as fast as the pipeline takes them (benchmarks)
+
+
+class AssemblyConfig(_Strict):
+    """How frames become parts."""
+
+    views_per_part: int = Field(6, ge=1)
+    part_id: Literal["trigger", "plc"] = "trigger"
+    part_id_format: str = "T{trigger_seq:08d}"  # used when the source does not name the part
+    plc_topic: str | None = None  # MQTT topic carrying {"trigger_seq": n, "part_id": "..."} (part_id: plc)
+    timeout_s: float = Field(3.0, gt=0)  # first view -> INCOMPLETE when views are still missing
+    max_open_parts: int = Field(64, ge=1)  # bound on parts waiting for views
+
+    @model_validator(mode="after")
+    def _plc_needs_topic(self) -> AssemblyConfig:
+        if self.part_id == "plc" and not self.plc_topic:
+            raise ValueError("part_id: plc needs plc_topic (the MQTT topic the PLC publishes part ids on)")
+        try:
+            self.part_id_format.format(trigger_seq=0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"part_id_format {self.part_id_format!r}: {e}") from None
+        return self
+
+
+class ModelConfig(_Strict):
+    """The bundle and the backend that runs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    bundle: str
+    backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
+    device: str = "CPU"  # OpenVINO device name, "cpu"/"cuda" for ONNX Runtime, GPU index for TensorRT
+    threads: int = Field(0, ge=0)  # 0: backend default
+    infer_requests: int = Field(2, ge=1, le=16)  # parts in flight (OpenVINO async requests)
+    selftest: bool = True  # run the bundle's golden self-test at start (refuse to start on failure)
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_exists(cls, v: str, info: ValidationInfo) -> str:
+        p = Path(v)
+        if not p.is_absolute():
+            p = _base_dir(info) / p
+        if not p.is_dir():
+            raise ValueError(f"bundle directory not found: {p}")
+        if not (p / "manifest.json").is_file():
+            raise ValueError(f"{p} has no manifest.json; not an rtvp-edge bundle")
+        return str(p.resolve())
+
+
+Box = tuple[float, float, float, float]
+
+
+class DetectionConfig(_Strict):
+    """Filters applied to raw detections before the verdict rules."""
+
+    score_threshold: float | None = Field(None, ge=0, le=1)  # None: the bundle's default
+    class_thresholds: dict[str, float] = {}  # class name -> minimum score
+    iou_threshold: float | None = Field(None, ge=0, le=1)
+    min_box_px: float = Field(0.0, ge=0)  # shorter box side in camera pixels
+    rois: dict[
+        str, list[Box]
+    ] = {}  # camera id -> [x1, y1, x2, y2] regions; a box counts if its centre is inside
+
+    @field_validator("class_thresholds")
+    @classmethod
+    def _in_unit(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, s in v.items():
+            if not 0 <= s <= 1:
+                raise ValueError(f"threshold of {k!r} is {s}, must be within [0, 1]")
+        return v
+
+    @field_validator("rois")
+    @classmethod
+    def _boxes(cls, v: dict[str, list[Box]]) -> dict[str, list[Box]]:
+        for cam, boxes in v.items():
+            for b in boxes:
+                if not (b[2] > b[0] and b[3] > b[1]):
+                    raise ValueError(f"ROI {list(b)} of camera {cam!r} is not x1 < x2, y1 < y2")
+        return v
+
+
+class VerdictRule(_Strict):
+    """NG when at least ``min_count`` defects of ``class_name`` (``"*"``: any class) score >= ``min_score``
+    in one part (all views together)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    class_name: str = Field("*", alias="class")
+    min_score: float = Field(0.0, ge=0, le=1)
+    min_count: int = Field(1, ge=1)
+
+
+class VerdictConfig(_Strict):
+    # Default: any defect that survives the detection filters makes the part NG.
+    rules: list[VerdictRule] = [VerdictRule()]
+
+
+class EvidenceConfig(_Strict):
+    enabled: bool = True
+    dir: str = "evidence"
+    retention_days: float = Field(30.0, gt=0)
+    max_files: int = Field(10_000, ge=1)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        p = Path(v)
+        return str(p if p.is_absolute() else (_base_dir(info) / p).resolve())
+
+
+class RuntimeConfig(_Strict):
+    # (the metrics period is mqtt.metrics_interval_s: metrics are an MQTT event)
+    queue_size: int = Field(8, ge=1)  # bounded queues between stages (parts)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class LineConfig(_Strict):
+    """The whole line file."""
+
+    line: LineIds
+    cameras: list[CameraConfig] = Field(min_length=1)
+    sim: SimConfig = SimConfig()
+    assembly: AssemblyConfig = AssemblyConfig()
+    model: ModelConfig
+    detection: DetectionConfig = DetectionConfig()
+    verdict: VerdictConfig = VerdictConfig()
+    mqtt: MqttConfig = MqttConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LineConfig:
+        ids = [c.id for c in self.cameras]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"camera ids must be unique, repeated: {dup}")
+        views = [c.view for c in self.cameras]
+        dupv = sorted({v for v in views if views.count(v) > 1})
+        if dupv:
+            raise ValueError(f"each view index belongs to one camera, repeated: {dupv}")
+        bad = [v for v in views if v >= self.assembly.views_per_part]
+        if bad:
+            raise ValueError(
+                f"view indices {bad} >= assembly.views_per_part ({self.assembly.views_per_part})"
+            )
+        if len(self.cameras) != self.assembly.views_per_part:
+            raise ValueError(
+                f"{len(self.cameras)} cameras but assembly.views_per_part is "
+                f"{self.assembly.views_per_part}: every view needs a camera"
+            )
+        unknown = sorted(set(self.detection.rois) - set(ids))
+        if unknown:
+            raise ValueError(f"detection.rois names unknown cameras {unknown} (cameras: {ids})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading, with YAML line numbers in the errors
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
+    """Walk the composed YAML tree along a pydantic error location. Returns the deepest node reached
+    and whether the walk reached the full location (False: the key is missing; the node is its parent)."""
+    node = root
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    found = k if last else v  # the key's line is where a person reads "key: value"
+                    break
+            if found is None:
+                if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+                    continue  # pydantic's internal union/validator tags are not YAML keys
+                return node, False
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return node, False
+            node = node.value[part]
+        else:
+            # Unions report the branch type (e.g. "str", "int"): not a YAML level, skip it.
+            continue
+    return node, True
+
+
+def _format_errors(path: Path, root: yaml.Node | None, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in {"str", "int"}))
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        node, _ = _node_at(root, loc)
+        line = node.start_mark.line + 1 if node is not None else 1
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/runtime.md for the schema)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        got = e.get("input")
+        if e["type"] not in ("missing", "extra_forbidden") and isinstance(got, (str, int, float, bool)):
+            msg += f" (got {got!r})"
+        lines.append(f"{path}:{line}: {key}: {msg}")
+    return "\n".join(dict.fromkeys(lines))  # unions can report one problem twice
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one: a typo trap)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for k, _ in node.value:
+        key = loader.construct_object(k, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{loader.name}:{k.start_mark.line + 1}: key {key!r} repeated (first on line {seen[key]})"
+            )
+        seen[key] = k.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_line_config(path: str | os.PathLike) -> LineConfig:
+    """Read and validate a line file.
+
+    Args:
+        path: the YAML line configuration.
+    Returns:
+        the validated ``LineConfig`` (paths resolved against the file's directory).
+    Raises:
+        ConfigError: the file is missing, not YAML, or does not match the schema; the message names the
+            file, the line and the key of every problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: line configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
+    try:
+        return LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, root, e)) from None

@@ -1,0 +1,510 @@
+"""The line pipeline: cameras -> part assembler -> batched inference -> verdict -> sinks.
+
+::
+
+    camera threads (one per camera, bounded buffer each, overflow policy)
+        -> assembler thread (frames -> parts; INCOMPLETE at timeout)      -> part queue (bounded)
+        -> inference thread (preprocess, backend.submit; OpenVINO: several parts in flight)
+        -> result queue (bounded) -> decision thread (verdict, evidence, sinks: MQTT, live line, ...)
+
+``build_pipeline(config)`` builds every collaborator once (bundle check, backend, self-test, sources,
+publisher); ``Pipeline`` receives them already built, so tests hand it their own. Every stage puts a
+sentinel downstream in ``finally``, so a stage that fails ends the run cleanly instead of hanging it; errors
+inside a stage become status events and INCOMPLETE verdicts, never dead threads or silent OKs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
+from rtvp_edge.backends import Backend, load_backend
+from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
+from rtvp_edge.config import ConfigError, LineConfig
+from rtvp_edge.events import StationIds
+from rtvp_edge.evidence import EvidenceWriter
+from rtvp_edge.inference import PartInference
+from rtvp_edge.messages import CameraSource, PartVerdict, ViewResult
+from rtvp_edge.metrics import RuntimeMetrics
+from rtvp_edge.mqtt import EventPublisher
+from rtvp_edge.selftest import run_golden_selftest
+from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
+from rtvp_edge.verdict import VerdictPolicy
+
+log = logging.getLogger(__name__)
+
+_SENTINEL = object()
+
+Sink = Callable[[PartVerdict], None]
+StatusSink = Callable[[str, str, str], None]  # (component, state, message)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    parts: int
+    verdicts: dict[str, int]
+    duration_s: float
+    metrics: dict
+
+
+class Pipeline:
+    """A running line. Build it with ``build_pipeline`` (or by hand in tests), then ``run()``.
+
+    Args:
+        config: the line configuration (camera placement, assembly, runtime sizes).
+        sources: {camera id: CameraSource}, not yet opened.
+        inference: batched inference bound to the loaded backend.
+        policy: detection filters and verdict rules.
+        sinks: callables taking each ``PartVerdict`` (MQTT publisher, live line, user hooks); a sink that
+            raises is counted and reported, the others still get the verdict.
+        evidence: optional evidence writer for NG parts (runs before the sinks so events carry the paths).
+        publisher: optional MQTT ``EventPublisher``; its ``publish_verdict`` is a sink, it also receives the
+            periodic metrics and is flushed at stop.
+        status_sinks: callables taking (component, state, message) for camera/stage state changes.
+        model_info: bundle identity for logs and metrics.
+        rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
+        plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
+    """
+
+    def __init__(
+        self,
+        config: LineConfig,
+        sources: dict[str, CameraSource],
+        inference: PartInference,
+        policy: VerdictPolicy,
+        sinks: Sequence[Sink] = (),
+        evidence: EvidenceWriter | None = None,
+        publisher=None,
+        status_sinks: Sequence[StatusSink] = (),
+        model_info: dict | None = None,
+        rig=None,
+        plc: PlcPartIds | None = None,
+    ) -> None:
+        self.config, self.inference, self.policy = config, inference, policy
+        self.evidence, self.publisher, self.rig = evidence, publisher, rig
+        self.model_info = model_info or {}
+        self.sinks: list[Sink] = list(sinks)
+        if publisher is not None:
+            self.sinks.insert(0, publisher.publish_verdict)
+        self.status_sinks = list(status_sinks)
+        self.metrics = RuntimeMetrics()
+        self._wakeup = threading.Event()
+        self.workers: dict[str, CameraWorker] = {}
+        for cam in config.cameras:
+            if cam.id not in sources:
+                raise ValueError(f"no source built for camera {cam.id!r}")
+            res = (cam.resolution.height, cam.resolution.width) if cam.resolution else None
+            self.workers[cam.id] = CameraWorker(
+                sources[cam.id], cam.view, FrameBuffer(cam.buffer, cam.overflow, self._wakeup), res,
+                cam.reconnect_initial_s, cam.reconnect_max_s, self._camera_status,
+            )  # fmt: skip
+        a = config.assembly
+        self.plc = plc
+        self.assembler = PartAssembler(
+            a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
+        )
+        qs = config.runtime.queue_size
+        self.part_queue: queue.Queue = queue.Queue(qs)
+        self.result_queue: queue.Queue = queue.Queue(qs + config.model.infer_requests)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._max_parts: int | None = None
+        self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
+        self._threads: list[threading.Thread] = []
+
+    # -- status --------------------------------------------------------------------------------------
+    def _status(self, component: str, state: str, message: str) -> None:
+        for s in self.status_sinks:
+            try:
+                s(component, state, message)
+            except Exception:
+                log.exception("status sink failed")
+
+    def _camera_status(self, camera_id: str, state: str, message: str) -> None:
+        self._status(f"camera/{camera_id}", state, message)
+
+    # -- stages --------------------------------------------------------------------------------------
+    def _assembler_stage(self) -> None:
+        try:
+            while True:
+                self._wakeup.clear()  # before draining: a put after the drain re-sets it
+                parts: list[AssembledPart] = []
+                for w in self.workers.values():
+                    while (f := w.buffer.get_nowait()) is not None:
+                        parts += self.assembler.add(f)
+                parts += self.assembler.poll()
+                for p in parts:
+                    self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
+                workers = self.workers.values()
+                buffered = any(len(w.buffer) for w in workers)
+                workers_done = not any(w.alive for w in workers)
+                # A recorded/finite line is over when its sources ended and the only cameras left are
+                # failing ones (BACKOFF): their parts can no longer complete, waiting would hang the run.
+                ended = any(w.finished for w in workers) and all(
+                    not w.alive or w.state == CameraState.BACKOFF for w in workers
+                )
+                if (workers_done or ended) and not buffered:
+                    reason = "runtime stopped" if self._stop.is_set() else "sources ended"
+                    for p in self.assembler.flush(reason):
+                        self.part_queue.put(p)
+                    if not workers_done:
+                        self.request_stop()
+                    break
+                if (
+                    self._max_parts is not None
+                    and self.assembler.stats.parts >= self._max_parts
+                    and not self._stop.is_set()
+                ):
+                    self.request_stop()  # --parts N reached: the cameras can stop
+                self._wakeup.wait(0.05)
+        except Exception as e:
+            self.metrics.stage_errors["assembler"] += 1
+            log.exception("assembler stage failed")
+            self._status("assembler", "ERROR", f"{type(e).__name__}: {e}")
+            self.request_stop()
+        finally:
+            self.part_queue.put(_SENTINEL)
+
+    def _inference_stage(self) -> None:
+        try:
+            while (part := self.part_queue.get()) is not _SENTINEL:
+                try:
+                    self.inference.submit(part, self._on_inferred)
+                except Exception as e:  # preprocessing or submit failed: that part is INCOMPLETE
+                    self._on_inferred(part, None, e, {})
+            self.inference.wait_all()
+        except Exception as e:
+            self.metrics.stage_errors["inference"] += 1
+            log.exception("inference stage failed")
+            self._status("inference", "ERROR", f"{type(e).__name__}: {e}")
+            self.request_stop()
+            # drain so the assembler is never blocked on a full queue, and every part still gets a verdict
+            while (part := self.part_queue.get()) is not _SENTINEL:
+                self._on_inferred(part, None, e, {})
+        finally:
+            self.result_queue.put(_SENTINEL)
+
+    def _on_inferred(
+        self, part: AssembledPart, views: list[ViewResult] | None, err: BaseException | None, timing: dict
+    ) -> None:
+        self.result_queue.put((part, views, err, timing))
+
+    def _decide(self, part: AssembledPart, views, err, timing) -> PartVerdict:
+        extra = []
+        if err is not None:
+            self.metrics.stage_errors["inference"] += 1
+            extra.append(f"inference failed: {type(err).__name__}: {err}")
+            self._status("inference", "ERROR", f"part {part.part_id}: {err}")
+            views = [
+                ViewResult(f.camera_id, f.view_index, f.trigger_seq, f.capture_time, ()) for f in part.frames
+            ]
+        if part.missing_views and part.reason and part.reason != "timeout":
+            extra.append(f"part emitted incomplete: {part.reason}")
+        latency = {k: round(v, 2) for k, v in timing.items()}
+        latency["trigger_to_verdict"] = round((time.monotonic() - part.first_monotonic) * 1e3, 2)
+        first_capture = min((f.capture_time for f in part.frames), default=time.time())
+        return self.policy.decide(
+            part.part_id, part.trigger_seq, views, part.missing_views, first_capture, latency, extra
+        )
+
+    def _decision_stage(self) -> None:
+        try:
+            while (item := self.result_queue.get()) is not _SENTINEL:
+                part = item[0]
+                try:
+                    verdict = self._decide(*item)
+                except Exception as e:  # never silently OK: a part we cannot judge is INCOMPLETE
+                    log.exception("verdict failed for part %s", part.part_id)
+                    self.metrics.stage_errors["verdict"] += 1
+                    verdict = PartVerdict(
+                        part.part_id, part.trigger_seq, "INCOMPLETE", (), part.missing_views,
+                        (f"verdict failed: {type(e).__name__}: {e}",), decided_time=time.time(),
+                    )  # fmt: skip
+                if self.evidence is not None:
+                    try:
+                        verdict = self.evidence.write(verdict, part.frames)
+                    except Exception as e:
+                        self.metrics.sink_errors["evidence"] += 1
+                        log.warning("evidence for part %s not written: %s", part.part_id, e)
+                        self._status("evidence", "ERROR", str(e))
+                self.metrics.count_verdict(verdict.verdict, verdict.latency_ms)
+                for sink in self.sinks:
+                    try:
+                        sink(verdict)
+                    except Exception as e:
+                        name = getattr(sink, "__qualname__", repr(sink))
+                        self.metrics.sink_errors[name] += 1
+                        log.warning("sink %s failed on part %s: %s", name, verdict.part_id, e)
+        except Exception as e:
+            self.metrics.stage_errors["decision"] += 1
+            log.exception("decision stage failed")
+            self._status("decision", "ERROR", f"{type(e).__name__}: {e}")
+            self.request_stop()
+            while self.result_queue.get() is not _SENTINEL:  # keep upstream from blocking forever
+                pass
+        finally:
+            self._done.set()
+
+    # -- control -------------------------------------------------------------------------------------
+    def start(self, max_parts: int | None = None) -> None:
+        """Start cameras and stages. ``max_parts``: judge exactly this many parts, then stop."""
+        self._max_parts = max_parts
+        self.assembler.max_parts = max_parts  # only the first N triggers become parts: exactly N verdicts
+        for w in self.workers.values():
+            w.start()
+        for name, fn in (
+            ("assembler", self._assembler_stage),
+            ("inference", self._inference_stage),
+            ("decision", self._decision_stage),
+        ):
+            t = threading.Thread(target=fn, name=f"stage-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._status("pipeline", "RUNNING", f"{len(self.workers)} cameras")
+
+    def request_stop(self) -> None:
+        """Stop the cameras; parts already captured are still judged and published. Thread-safe,
+        signal-safe (only sets flags)."""
+        self._stop.set()
+        for w in self.workers.values():
+            w.stop()
+        self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every part has gone through the sinks (after a stop or the end of the sources)."""
+        return self._done.wait(timeout)
+
+    def snapshot(self) -> dict:
+        cams = {}
+        for cid, w in self.workers.items():
+            s = w.stats
+            cams[cid] = {
+                "state": w.state.value, "fps": round(s.fps(), 2), "frames": s.frames,
+                "dropped": w.buffer.dropped, "corrupt": s.corrupt, "wrong_size": s.wrong_size,
+                "reconnects": s.reconnects, "buffered": len(w.buffer),
+            }  # fmt: skip
+        queues = {
+            "parts": self.part_queue.qsize(),
+            "results": self.result_queue.qsize(),
+            "open_parts": self.assembler.open_parts,
+        }
+        extra = {
+            "late_frames": self.assembler.stats.late_frames,
+            "duplicate_frames": self.assembler.stats.duplicate_frames,
+            "gap_parts": self.assembler.stats.gap_parts,
+            "lost_triggers": self.assembler.stats.lost_triggers,
+        }
+        if self.plc is not None:
+            extra["plc"] = {
+                "received": self.plc.received,
+                "missing": self.plc.missing,
+                "malformed": self.plc.malformed,
+            }
+        if self.publisher is not None:
+            try:
+                extra["outbox_depth"] = self.publisher.outbox_depth()
+            except Exception as e:
+                extra["outbox_depth"] = f"unknown: {e}"
+        return self.metrics.snapshot(cams, queues, **extra)
+
+    def broker_state(self) -> str:
+        if self.publisher is None:
+            return "none"
+        return str(getattr(self.publisher, "state", "?"))
+
+    def publish_metrics(self) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish_metrics(self.snapshot())
+        except Exception as e:
+            self.metrics.sink_errors["metrics"] += 1
+            log.warning("metrics not published: %s", e)
+
+    def run(
+        self,
+        max_parts: int | None = None,
+        duration_s: float | None = None,
+        stop_event: threading.Event | None = None,
+        on_tick: Callable[[Pipeline], None] | None = None,
+        tick_s: float = 0.5,
+    ) -> RunSummary:
+        """Run until ``max_parts`` parts are judged, ``duration_s`` passed, ``stop_event`` is set, or every
+        source ended; then stop cleanly (in-flight parts are judged and published).
+
+        Args:
+            on_tick: called every ``tick_s`` from this thread (the live line).
+        """
+        t0 = time.monotonic()
+        self.start(max_parts)
+        last_metrics = t0
+        interval = self.config.mqtt.metrics_interval_s
+        try:
+            while not self._done.wait(tick_s):
+                now = time.monotonic()
+                if duration_s is not None and now - t0 >= duration_s and not self.stopping:
+                    self.request_stop()
+                if stop_event is not None and stop_event.is_set() and not self.stopping:
+                    self.request_stop()
+                if now - last_metrics >= interval:
+                    self.publish_metrics()
+                    last_metrics = now
+                if self.publisher is not None and getattr(self.publisher, "error", None) is not None:
+                    # the broker refused us (credentials/TLS): stop rather than fill the outbox for hours
+                    self.fatal = str(self.publisher.error)
+                    self.request_stop()
+                if on_tick is not None:
+                    on_tick(self)
+        finally:
+            self.request_stop()
+            for w in self.workers.values():
+                w.join(5.0)
+            for t in self._threads:
+                t.join(30.0)
+        self.publish_metrics()
+        snap = self.snapshot()
+        return RunSummary(self.metrics.parts, dict(self.metrics.verdicts), time.monotonic() - t0, snap)
+
+    def close(self, flush_timeout: float = 10.0) -> None:
+        """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
+        if self.plc is not None:
+            self.plc.stop()
+        if self.publisher is not None:
+            try:
+                self.publisher.stop(flush_timeout)
+            except Exception:
+                log.exception("publisher stop failed")
+        try:
+            self.inference.backend.close()
+        except Exception:
+            log.exception("backend close failed")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_and_check_bundle(
+    bundle_dir: str | Path,
+    backend_name: str,
+    device: str = "CPU",
+    threads: int = 0,
+    infer_requests: int = 2,
+    selftest: bool = True,
+) -> tuple[BundleManifest, Backend]:
+    """Verify a bundle's hashes, load its backend and run the golden self-test.
+
+    Raises:
+        BundleError: tampered/incomplete bundle, backend cannot load it, or the self-test fails.
+    """
+    manifest = load_manifest(bundle_dir)
+    backend = load_backend(backend_name, bundle_dir, manifest, device, threads, infer_requests)
+    if selftest:
+        try:
+            run_golden_selftest(bundle_dir, manifest, backend)
+        except BaseException:
+            backend.close()
+            raise
+    return manifest, backend
+
+
+def model_info(manifest: BundleManifest, backend: str, bundle_dir: str | Path) -> dict:
+    """Identity of the running model for events: name, version, precision, backend and the bundle's hash
+    (sha256 of its manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+    have = {a.backend for a in manifest.artifacts}
+    # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
+    art = manifest.artifact(backend if backend in have else "onnxruntime")
+    return {
+        "name": manifest.model.name,
+        "version": manifest.model.version,
+        "precision": art.precision,
+        "backend": backend,
+        "bundle_sha256": sha256_file(Path(bundle_dir) / "manifest.json"),
+    }
+
+
+def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
+    try:
+        return VerdictPolicy(
+            config.detection,
+            config.verdict,
+            [c.name for c in manifest.vocabulary.classes],
+            manifest.thresholds.score,
+        )
+    except ValueError as e:
+        raise ConfigError(f"{config_path(config)}: {e}") from None
+
+
+def config_path(config: LineConfig) -> str:
+    return str(getattr(config, "_path", None) or "line configuration")
+
+
+def build_pipeline(
+    config: LineConfig,
+    *,
+    sinks: Sequence[Sink] = (),
+    status_sinks: Sequence[StatusSink] = (),
+    publisher=None,
+    use_mqtt: bool = True,
+) -> Pipeline:
+    """Build every collaborator of a line once: bundle (hash check), backend, golden self-test, policy,
+    sources, evidence writer and (when ``use_mqtt``) the MQTT event publisher.
+
+    Raises:
+        BundleError: the bundle is refused (tampered, missing artifact, self-test failed).
+        ConfigError: the line file disagrees with the bundle (e.g. a class name the bundle lacks).
+    """
+    m = config.model
+    manifest, backend = load_and_check_bundle(
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+    )
+    log.info(
+        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s, golden self-test %s",
+        config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
+        manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
+        f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
+    )  # fmt: skip
+    try:
+        policy = build_policy(config, manifest)
+        inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
+        sources, rig = build_sources(config)
+        ev = config.evidence
+        evidence = (
+            EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
+        )
+        info = model_info(manifest, m.backend, m.bundle)
+        if publisher is None and use_mqtt:
+            publisher = _build_publisher(config, info)
+        plc = None
+        if config.assembly.part_id == "plc":
+            ids = config.line
+            plc = PlcPartIds(
+                config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
+            )
+            plc.start()
+        return Pipeline(
+            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
+        )
+    except BaseException:
+        backend.close()
+        raise
+
+
+def station_ids(config: LineConfig) -> StationIds:
+    ids = config.line
+    return StationIds(ids.site, ids.line, ids.station)
+
+
+def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
+    """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
+    ``MqttConnectError`` for refused credentials)."""
+    return EventPublisher(config.mqtt, station_ids(config), info)

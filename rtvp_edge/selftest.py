@@ -1,0 +1,78 @@
+"""Golden self-test: before a line starts, the bundle's own sample images must give the detections the
+export recorded for this exact artifact. Catches a wrong backend build, a broken preprocessing, a
+mismatched vocabulary or a silently corrupted install before any part is judged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rtvp_edge.backends.base import Backend, load_embeddings
+from rtvp_edge.bundle import BundleError, BundleManifest
+from rtvp_edge.messages import Detection
+from rtvp_edge.postprocess import decode_detections
+from rtvp_edge.preprocess import preprocess
+
+
+def _match(exp: dict, got: list[Detection], score_atol: float, box_atol: float) -> int | None:
+    for i, d in enumerate(got):
+        if d.class_id != int(exp["class_id"]) or abs(d.score - float(exp["score"])) > score_atol:
+            continue
+        if np.max(np.abs(np.asarray(d.box) - np.asarray(exp["box"], dtype=np.float64))) <= box_atol:
+            return i
+    return None
+
+
+def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backend: Backend) -> int:
+    """Run every golden sample of the bundle through ``backend`` and compare with the recorded outputs.
+
+    A detection whose score is within ``score_atol`` of the score threshold may legitimately appear or
+    vanish between runtimes, so only detections clear of the threshold must match one-to-one (same class,
+    score within ``score_atol``, every box coordinate within ``box_atol`` pixels).
+
+    Returns:
+        the number of golden samples checked.
+    Raises:
+        BundleError: no golden samples, an image is unreadable, or a sample's detections differ; the
+            message names the image and the first difference.
+    """
+    if not manifest.golden:
+        raise BundleError(
+            f"{bundle_dir}: the bundle has no golden samples, the start-up self-test cannot run "
+            "(re-export it, or set model.selftest: false in the line file to accept the risk)"
+        )
+    names = [c.name for c in manifest.vocabulary.classes]
+    spec = manifest.preprocess.spec()
+    thr = manifest.thresholds
+    emb = load_embeddings(bundle_dir, manifest)
+    for g in manifest.golden:
+        path = Path(bundle_dir) / g.image
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise BundleError(f"{path}: golden image unreadable")
+        batch, lbs = preprocess([img], spec)
+        boxes, scores = backend.infer(batch, emb)
+        got = decode_detections(boxes[0], scores[0], lbs[0], names, thr.score, thr.iou, thr.max_detections)
+        margin = thr.score + g.score_atol
+        unmatched = list(got)
+        for exp in g.detections:
+            i = _match(exp, unmatched, g.score_atol, g.box_atol)
+            if i is not None:
+                unmatched.pop(i)
+            elif float(exp["score"]) >= margin:
+                raise BundleError(
+                    f"{path}: golden self-test failed on {backend.name}: expected "
+                    f"{names[int(exp['class_id'])]} score {float(exp['score']):.3f} box "
+                    f"{[round(float(v), 1) for v in exp['box']]}, not found in "
+                    f"{[(d.class_name, round(d.score, 3), [round(v, 1) for v in d.box]) for d in got]}"
+                )
+        extra = [d for d in unmatched if d.score >= margin]
+        if extra:
+            d = extra[0]
+            raise BundleError(
+                f"{path}: golden self-test failed on {backend.name}: unexpected {d.class_name} score "
+                f"{d.score:.3f} box {[round(v, 1) for v in d.box]}"
+            )
+    return len(manifest.golden)

@@ -1,0 +1,132 @@
+"""Recorded cameras: a folder of images or a video file, replayed at a given rate.
+
+Used to re-run a line on recorded production data, and in tests. The n-th image (or video frame) of
+every camera belongs to the n-th part (``trigger_seq = n``), so each camera's folder holds one image per
+part, sorted by name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+
+from rtvp_edge.messages import CameraError, CameraSource, EndOfStream, Frame
+from rtvp_edge.sources.camera import CorruptFrame
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class _Paced:
+    """Frame n is due at start + n / fps (None: as fast as the consumer takes them)."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.fps = fps
+        self._t0: float | None = None
+
+    def wait_due(self, n: int, timeout: float) -> bool:
+        if self.fps is None:
+            return True
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now - n / self.fps
+        due = self._t0 + n / self.fps
+        if due - now > timeout:
+            time.sleep(timeout)
+            return False
+        if due > now:
+            time.sleep(due - now)
+        return True
+
+
+class FolderReplay(CameraSource):
+    """Images of one folder in name order, one per trigger.
+
+    Args:
+        camera_id / view_index: configured camera.
+        folder: directory of images.
+        fps: replay rate, None for as fast as possible.
+        loop: start again at the first image after the last (trigger_seq keeps counting).
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        view_index: int,
+        folder: str | Path,
+        fps: float | None = None,
+        loop: bool = False,
+    ) -> None:
+        self.camera_id, self.view_index, self.folder = camera_id, view_index, Path(folder)
+        self.loop = loop
+        self._pace = _Paced(fps)
+        self._files: list[Path] = []
+        self._n = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise CameraError(f"camera {self.camera_id}: folder {self.folder} not found")
+        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise CameraError(f"camera {self.camera_id}: no images in {self.folder}")
+
+    def read(self, timeout: float) -> Frame | None:
+        if self._n >= len(self._files) and not self.loop:
+            raise EndOfStream
+        if not self._pace.wait_due(self._n, timeout):
+            return None
+        n = self._n
+        self._n += 1
+        path = self._files[n % len(self._files)]
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise CorruptFrame(f"{path}: not a readable image")
+        return Frame(self.camera_id, self.view_index, n, time.time(), img, monotonic=time.monotonic())
+
+    def close(self) -> None:
+        pass  # reopening continues where it stopped: a replayed line does not rewind on a hiccup
+
+
+class VideoReplay(CameraSource):
+    """Frames of a video file, one per trigger, at ``fps`` (None: as fast as possible)."""
+
+    def __init__(
+        self, camera_id: str, view_index: int, path: str | Path, fps: float | None = None, loop: bool = False
+    ) -> None:
+        self.camera_id, self.view_index, self.path, self.loop = camera_id, view_index, Path(path), loop
+        self._pace = _Paced(fps)
+        self._cap: cv2.VideoCapture | None = None
+        self._n = 0
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise CameraError(f"camera {self.camera_id}: cannot open video {self.path}")
+        # Resume after a reconnect instead of replaying parts already judged.
+        if self._n:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, self._n)
+        self._cap = cap
+
+    def read(self, timeout: float) -> Frame | None:
+        if self._cap is None:
+            raise CameraError(f"camera {self.camera_id}: not open")
+        if not self._pace.wait_due(self._n, timeout):
+            return None
+        ok, img = self._cap.read()
+        if not ok:
+            if not self.loop:
+                raise EndOfStream
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = self._cap.read()
+            if not ok:
+                raise EndOfStream
+        n = self._n
+        self._n += 1
+        return Frame(self.camera_id, self.view_index, n, time.time(), img, monotonic=time.monotonic())
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
