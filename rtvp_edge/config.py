@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -188,9 +189,9 @@ class DetectionConfig(_Strict):
     class_thresholds: dict[str, float] = {}  # class name -> minimum score
     iou_threshold: float | None = Field(None, ge=0, le=1)
     min_box_px: float = Field(0.0, ge=0)  # shorter box side in camera pixels
-    rois: dict[
-        str, list[Box]
-    ] = {}  # camera id -> [x1, y1, x2, y2] regions; a box counts if its centre is inside
+    # camera id -> regions, each a rectangle [x1, y1, x2, y2] or a polygon [[x, y], [x, y], ...] (e.g. the
+    # container's silhouette), camera pixels; a detection counts when its box centre is inside one region
+    rois: dict[str, list[Box | list[tuple[float, float]]]] = {}
 
     @field_validator("class_thresholds")
     @classmethod
@@ -202,11 +203,13 @@ class DetectionConfig(_Strict):
 
     @field_validator("rois")
     @classmethod
-    def _boxes(cls, v: dict[str, list[Box]]) -> dict[str, list[Box]]:
-        for cam, boxes in v.items():
-            for b in boxes:
-                if not (b[2] > b[0] and b[3] > b[1]):
-                    raise ValueError(f"ROI {list(b)} of camera {cam!r} is not x1 < x2, y1 < y2")
+    def _regions(cls, v: dict) -> dict:
+        for cam, regions in v.items():
+            for r in regions:
+                if isinstance(r, tuple) and not (r[2] > r[0] and r[3] > r[1]):
+                    raise ValueError(f"ROI {list(r)} of camera {cam!r} is not x1 < x2, y1 < y2")
+                if isinstance(r, list) and len(r) < 3:
+                    raise ValueError(f"ROI polygon of camera {cam!r} needs at least 3 points, got {len(r)}")
         return v
 
 
@@ -261,6 +264,12 @@ class LineConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading
+
+    @property
+    def source(self) -> str:
+        """The line file this configuration was read from (for error messages)."""
+        return self._source or "line configuration"
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -282,6 +291,17 @@ class LineConfig(_Strict):
                 f"{len(self.cameras)} cameras but assembly.views_per_part is "
                 f"{self.assembly.views_per_part}: every view needs a camera"
             )
+        sim_sizes = {
+            (c.resolution.width, c.resolution.height)
+            for c in self.cameras
+            if c.kind == "sim" and c.resolution
+        }
+        if len(sim_sizes) > 1:
+            raise ValueError(
+                f"the simulated rig renders one image size; sim cameras ask for {sorted(sim_sizes)}"
+            )
+        if any(w < 64 or h < 64 for w, h in sim_sizes):
+            raise ValueError("the simulated rig renders images of at least 64x64 pixels")
         unknown = sorted(set(self.detection.rois) - set(ids))
         if unknown:
             raise ValueError(f"detection.rois names unknown cameras {unknown} (cameras: {ids})")
@@ -393,6 +413,8 @@ def load_line_config(path: str | os.PathLike) -> LineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
     try:
-        return LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+        config = LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as e:
         raise ConfigError(_format_errors(path, root, e)) from None
+    config._source = str(path)
+    return config

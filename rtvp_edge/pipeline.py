@@ -115,6 +115,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._max_parts: int | None = None
+        self._metrics_due = threading.Event()
         self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
         self._threads: list[threading.Thread] = []
 
@@ -128,6 +129,8 @@ class Pipeline:
 
     def _camera_status(self, camera_id: str, state: str, message: str) -> None:
         self._status(f"camera/{camera_id}", state, message)
+        if state in ("BACKOFF", "STREAMING", "STOPPED"):
+            self._metrics_due.set()  # a camera failing or coming back shows on MQTT at once, not in 10 s
 
     # -- stages --------------------------------------------------------------------------------------
     def _assembler_stage(self) -> None:
@@ -356,7 +359,11 @@ class Pipeline:
                     self.request_stop()
                 if stop_event is not None and stop_event.is_set() and not self.stopping:
                     self.request_stop()
-                if now - last_metrics >= interval:
+                # periodic, and early (at most once a second) after a camera changed state
+                if now - last_metrics >= interval or (
+                    self._metrics_due.is_set() and now - last_metrics >= 1.0
+                ):
+                    self._metrics_due.clear()
                     self.publish_metrics()
                     last_metrics = now
                 if self.publisher is not None and getattr(self.publisher, "error", None) is not None:
@@ -441,11 +448,7 @@ def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
             manifest.thresholds.score,
         )
     except ValueError as e:
-        raise ConfigError(f"{config_path(config)}: {e}") from None
-
-
-def config_path(config: LineConfig) -> str:
-    return str(getattr(config, "_path", None) or "line configuration")
+        raise ConfigError(f"{config.source}: {e}") from None
 
 
 def build_pipeline(
@@ -476,7 +479,10 @@ def build_pipeline(
     try:
         policy = build_policy(config, manifest)
         inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
-        sources, rig = build_sources(config)
+        try:
+            sources, rig = build_sources(config)
+        except ValueError as e:  # e.g. the rig refuses a setting the schema let through
+            raise ConfigError(f"{config.source}: cameras: {e}") from None
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
