@@ -293,7 +293,9 @@ def test_tensorrt_matches_onnxruntime(toy_bundle, tmp_path, monkeypatch):
     trt_b = load_backend("tensorrt", toy_bundle, m, "0")
     x = _batch(6)
     np.testing.assert_allclose(
-        trt_b.infer(x)[1], load_backend("onnxruntime", toy_bundle, m).infer(x)[1], atol=1e-3
+        trt_b.infer(x)[1],
+        load_backend("onnxruntime", toy_bundle, m).infer(x)[1],
+        atol=2e-2,  # an FP16 engine (no tensorrt artifact in the toy bundle)
     )
     assert list((tmp_path / "tensorrt").glob("*.engine")), "the engine is cached for the next start"
     trt_b.close()
