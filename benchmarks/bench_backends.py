@@ -169,6 +169,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=8, help="timed iterations (batch 1); batch 6 gets half")
     p.add_argument("--threads", type=int, default=2, help="torch threads (OpenVINO/ORT use their defaults)")
     p.add_argument("--skip-blocks", action="store_true", help="skip the per-block INT8 decision")
+    p.add_argument("--skip-ort-int8", action="store_true", help="skip the ONNX Runtime INT8 (QDQ) export")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/export.md"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -210,6 +211,13 @@ def main() -> int:
         )
         int8_bundles[label] = (m, work / f"int8_{len(int8_bundles)}", time.perf_counter() - t0)
 
+    ort_int8 = None
+    if not args.skip_ort_int8:
+        log.info("exporting ONNX Runtime INT8 (QDQ)...")
+        t0 = time.perf_counter()
+        m = export_bundle(source, work / "ort_int8", ExportOptions(target="onnx", int8=True, **common))
+        ort_int8 = (m, time.perf_counter() - t0)
+
     wrapper = build_wrapper(source.model, "folded", source.text_embeddings)
     runners = {
         "PyTorch (fp32)": TorchRunner(wrapper),
@@ -225,6 +233,11 @@ def main() -> int:
     for label, (_, folder, _) in int8_bundles.items():
         runners[label] = OpenVINORunner(folder / "openvino" / "model.xml")
         precision[label] = f"int8 + {runners[label].execution_precision()}"
+    if ort_int8 is not None:
+        runners["ONNX Runtime INT8 (QDQ, SAM float)"] = OnnxRuntimeRunner(
+            work / "ort_int8" / "model_int8.onnx"
+        )
+        precision["ONNX Runtime INT8 (QDQ, SAM float)"] = "int8 (u8 act, s8 per-channel w) + fp32"
     calib = build_calibration_set(data, source.preprocess, min(args.calib_size, 16), progress=False)
     b1 = np.stack([calib.sample(0)[0]])
     b6 = np.stack([calib.sample(i % len(calib))[0] for i in range(6)])
@@ -280,6 +293,12 @@ def main() -> int:
             f"- {label}: {seconds:.0f} s, of which NNCF PTQ {m.calibration['seconds']:.0f} s on "
             f"{m.calibration['images']} images ({m.calibration['fake_quantize_ops']} FakeQuantize ops); "
             f"kept float: {'; '.join(m.artifact('openvino').kept_float)}"
+        )
+    if ort_int8 is not None:
+        m, seconds = ort_int8
+        lines.append(
+            f"- ONNX Runtime INT8 (QDQ): {seconds:.0f} s, of which quantization {m.calibration['seconds']:.0f} s "
+            f"({m.calibration['quantize_linear_nodes']} QuantizeLinear nodes)"
         )
     if blocks:
         lines += [

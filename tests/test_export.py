@@ -362,7 +362,7 @@ def test_runtime_loads_the_bundle_and_passes_its_golden_self_test(int8_bundle, g
 def test_keep_float_policy_blocks_and_unknown_block(tmp_path):
     import onnx
 
-    from export.int8_policy import keep_float_policy
+    from export.int8_policy import keep_float_policy, node_scope
     from export.onnx_export import export_onnx
 
     src = _source()
@@ -372,11 +372,13 @@ def test_keep_float_policy_blocks_and_unknown_block(tmp_path):
     graph = onnx.load(str(path))
     blocks = [n for n, _ in src.model.named_children()] + ["det_loss"]  # a block with no inference nodes
     only_expert = keep_float_policy(graph, blocks, r"^(?!expert$)")
-    assert set(only_expert.blocks) == {"/image_encoder/", "/fuse/", "/head/"}
+    kept = {n.name for n in graph.graph.node if only_expert.matches(n.name)}
+    assert {node_scope(n) for n in kept} >= {"image_encoder", "fuse", "head"}
+    assert not any(n.startswith("/expert/") for n in kept)
     default = keep_float_policy(graph, blocks)
-    assert default.blocks == ["/image_encoder/"]
-    assert any(n.startswith("/head/") for n in default.names) and not any(
-        n.startswith("/expert/") for n in default.names
-    )
-    with pytest.raises(ExportError, match="'/nope/' matches no node"):
+    assert [r.split(":")[0] for r in default.reasons[1:]] == ["block image_encoder"]
+    assert default.matches("/image_encoder/image_encoder.0/image_encoder.0.0/Conv")
+    assert not default.matches("/expert/expert.0/expert.0.0/Conv")
+    assert any(n.startswith("/head/") for n in default.names)
+    with pytest.raises(ExportError, match="'nope' matches no node"):
         keep_float_policy(graph, blocks, None, ["nope"])
