@@ -172,6 +172,7 @@ class ModelConfig(_Strict):
         p = Path(v)
         if not p.is_absolute():
             p = _base_dir(info) / p
+        p = p.resolve()
         if not p.is_dir():
             raise ValueError(f"bundle directory not found: {p}")
         if not (p / "manifest.json").is_file():

@@ -471,10 +471,10 @@ def build_pipeline(
         m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
     )
     log.info(
-        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s, golden self-test %s",
+        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
         config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
         manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
-        f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
+        backend.describe(), f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
     )  # fmt: skip
     try:
         policy = build_policy(config, manifest)

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from rtvp_edge.rig import RigConfig
-from training.checkpoint import save_checkpoint
+from tests.test_train_helpers import make_tiny_checkpoint
 from training.coco_eval import METRIC_NAMES
 from training.data.generate import generate_dataset
-from training.model import ModelConfig, build_model
-from training.text_cache import text_embeddings
-from training.train import preprocess_spec_for
 
 SEEN = ["oil", "black spot", "bubble", "plastering thread", "quenched grain"]
 UNSEEN = ["crack", "stone", "scratch"]
@@ -31,25 +27,10 @@ def rig_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def seen_checkpoint(tmp_path_factory):
     """An (untrained) RTVPNet-tiny checkpoint whose vocabulary is the five seen classes."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=128, sam_img_size=64)
-    model = build_model(cfg)
     from rtvp_edge.vocabulary import GLASS_DEFECTS
 
     vocab = [{"name": c.name, "prompt": c.prompt} for c in GLASS_DEFECTS if c.seen]
-    emb, ident = text_embeddings("random:512", [v["prompt"] for v in vocab], tmp / "cache")
-    return save_checkpoint(
-        tmp / "run" / "best.pt",
-        model,
-        model_config=model.config,
-        vocabulary=vocab,
-        text_encoder="random:512",
-        text_encoder_identity=ident,
-        preprocess=preprocess_spec_for(cfg, model),
-        provenance={"dataset": "test", "epoch": 0},
-        text_embeddings=emb,
-    )
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "run" / "best.pt", vocab)
 
 
 def _eval(args, capsys):

@@ -237,3 +237,31 @@ def test_shapes_dataset_reads_back(tmp_path):
     assert len(split.images) == 4 and split.class_names == SHAPE_CLASSES
     assert all(len(r.boxes) == len(r.class_ids) >= 1 for r in split.images)
     assert cv2.imread(str(split.images[0].path)).shape == (96, 128, 3)
+
+
+def make_tiny_checkpoint(
+    path: Path, vocabulary: list[dict], img_size: int = 128, cache_dir: Path | None = None
+):
+    """An untrained real RTVPNet-tiny checkpoint with the given vocabulary and the ``random:512`` encoder."""
+    from training.checkpoint import save_checkpoint
+    from training.model import ModelConfig, build_model
+    from training.text_cache import text_embeddings
+    from training.train import preprocess_spec_for
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=img_size, sam_img_size=64)
+    model = build_model(cfg)
+    emb, ident = text_embeddings(
+        "random:512", [v["prompt"] for v in vocabulary], cache_dir or path.parent / "cache"
+    )
+    return save_checkpoint(
+        path,
+        model,
+        model_config=model.config,
+        vocabulary=vocabulary,
+        text_encoder="random:512",
+        text_encoder_identity=ident,
+        preprocess=preprocess_spec_for(cfg, model),
+        provenance={"dataset": "test", "epoch": 0},
+        text_embeddings=emb,
+    )

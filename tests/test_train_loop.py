@@ -120,3 +120,6 @@ def test_existing_run_is_not_overwritten(shapes, tmp_path):
 
     with pytest.raises(ConfigError, match="already holds a run"):
         train(shapes, tmp_path, name="once", **{"schedule.epochs": 1})
+    run = train(shapes, tmp_path, name="once", **{"schedule.epochs": 2, "output.overwrite": "true"})
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # the replaced run's rows are gone

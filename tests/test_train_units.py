@@ -178,3 +178,26 @@ def test_text_embeddings_are_cached_per_encoder_and_prompts(tmp_path):
         f.write_bytes(b"corrupt")
     e3, _ = text_embeddings("hash:32", ["a", "b"], tmp_path, build)  # a corrupt entry is recomputed
     assert torch.equal(e1, e3) and len(made) == 4
+
+
+def test_precise_bn_recomputes_trailing_statistics_but_not_frozen_parts():
+    from training.engine import precise_bn
+
+    class Frozen(nn.Sequential):
+        def train(self, mode=True):  # like the SAM encoder: stays in eval mode
+            return super().train(False)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), Frozen(nn.BatchNorm2d(4)))
+    frozen_mean = torch.full((4,), 7.0)
+    model[2][0].running_mean.copy_(frozen_mean)
+    model.eval()
+    data = [torch.randn(8, 3, 5, 5) * 3 + 2 for _ in range(4)]
+    rng_before = torch.get_rng_state()
+    n = precise_bn(model, iter(data), lambda x: model(x), batches=3)
+    assert n == 1 and not model.training
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x in data[:3]])
+    torch.testing.assert_close(model[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert torch.equal(model[2][0].running_mean, frozen_mean)  # the frozen part kept its statistics
+    assert model[1].momentum == 0.1  # restored
+    assert torch.equal(torch.get_rng_state(), rng_before)

@@ -132,6 +132,8 @@ class EvalConfig:
         max_detections: detections kept per image.
         batch_size: images per forward pass.
         best_metric: metric that decides ``best.pt``.
+        precise_bn_batches: before each evaluation (and after the last epoch) recompute the batch-norm
+            statistics of the evaluated model over this many training batches (0 = off); short runs need it.
     """
 
     every: int = 1
@@ -140,6 +142,7 @@ class EvalConfig:
     max_detections: int = 100
     batch_size: int = 8
     best_metric: Literal["AP", "AP50", "AP75"] = "AP50"
+    precise_bn_batches: int = 16
 
 
 @dataclass
@@ -151,12 +154,15 @@ class OutputConfig:
         keep_every: also keep ``epoch_NNN.pt`` every this many epochs (0 = only ``last.pt`` and ``best.pt``).
         plots: draw curves after each epoch (matplotlib).
         progress: show tqdm progress bars (rank 0 only).
+        overwrite: reuse an existing ``runs/<name>`` (its metrics log is started afresh); without it an
+            existing run is an error, so nothing is lost by a repeated command.
     """
 
     dir: str = "runs"
     keep_every: int = 0
     plots: bool = True
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass

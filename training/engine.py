@@ -270,35 +270,20 @@ class Trainer:
         phase = self.phase_of(self.epoch)
         if phase != self.optimizer_phase:
             self.optimizer, self.optimizer_phase = self.build_optimizer(phase), phase
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for images, targets, _ in loader:
             factor = self.lr_factor()
             for g in self.optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                losses = self.forward_losses(images, targets, phase)
+            losses, grad_norm = training_step(
+                self.model, self.optimizer, self.scaler, self.ema, images, targets, self.text_embeds,
+                phase=phase, amp_dtype=self.amp_dtype, clip_grad_norm=cfg.optim.clip_grad_norm,
+                where=f"epoch {self.epoch + 1}, step {self.step}",
+            )  # fmt: skip
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in losses.items()}
-                raise TrainingError(
-                    f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: {terms}; "
-                    "lower optim.lr or check the data set for degenerate boxes"
-                )
-            self.scaler.scale(loss).backward()
-            if cfg.optim.clip_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
-                if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-                    # fp16 AMP skips such steps by design (the scaler backs off); in fp32/bf16 it is a bug.
-                    self._raise_nonfinite_grads(losses)
-                sums["grad_norm"] += float(grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(unwrap(self.model))
+            if grad_norm is not None:
+                sums["grad_norm"] += grad_norm
             self.step += 1
             n_steps += 1
             n_images += images.shape[0]
@@ -320,26 +305,29 @@ class Trainer:
         self.epoch_metrics["train/images_per_s"] = n_images * self.dist.world_size / max(elapsed, 1e-9)
         self.epoch_metrics["train/epoch_s"] = elapsed
 
-    def _raise_nonfinite_grads(self, losses: dict[str, torch.Tensor]) -> None:
-        model = unwrap(self.model)
-        bad = [
-            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
-        terms = {k: round(float(v), 5) for k, v in losses.items()}
-        raise TrainingError(
-            f"non-finite gradients at epoch {self.epoch + 1}, step {self.step} in {len(bad)} parameters "
-            f"(first: {', '.join(bad[:4])}); loss terms {terms}. A loss term with an undefined gradient "
-            "(e.g. a box loss on degenerate/padded boxes) is the usual cause."
-        )
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: int) -> int:
+        """Exact batch-norm statistics of the evaluated model over the first ``batches`` global batches of a
+        fixed (seeded) order, identical on every process; the global random state is left as it was.
 
-    def forward_losses(
-        self, images: torch.Tensor, targets: dict[str, torch.Tensor], phase: str
-    ) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (``pretrain``: the expert and head alone, TPAMI Eq. 1)."""
-        kwargs = {"stage": "pretrain"} if phase == "pretrain" else {}
-        if _is_ddp(self.model):
-            return self.model(images, targets, self.text_embeds, **kwargs)
-        return self.model.forward_training(images, targets, self.text_embeds, **kwargs)
+        Returns:
+            The number of batch-norm layers recalibrated.
+        """
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        sampler = GlobalBatchSampler(
+            len(self.train_set), self.cfg.data.batch_size, 0, 1, seed=self.cfg.seed + 1
+        )
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.workers,
+                            collate_fn=collate)  # fmt: skip
+        emb = self.text_embeds
+
+        def forward(images: torch.Tensor) -> None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                model.forward_inference(images.to(self.device), emb)
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)  # the same draws on every process, global state untouched
+            return precise_bn(model, (images for images, _, _ in loader), forward, batches)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -365,6 +353,113 @@ class Trainer:
         finally:
             model.train(was_training)
         return result
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches_of_images, forward, batches: int) -> int:
+    """Replace the running statistics of ``model``'s batch norms by their exact average over ``batches``
+    batches (the idea of detectron2's ``PreciseBN``).
+
+    Only batch norms that are in training mode after ``model.train()`` are touched: frozen parts that keep
+    eval mode through their own ``train()`` (the SAM encoder) keep their statistics.
+
+    Args:
+        model: the module whose statistics are recomputed (the EMA copy during training).
+        batches_of_images: iterable of (B, 3, H, W) image batches.
+        forward: ``forward(images)`` runs ``model`` on a batch (e.g. ``forward_inference`` with embeddings).
+        batches: how many batches to average over.
+    Returns:
+        The number of batch-norm layers recomputed.
+    """
+    was_training = model.training
+    model.train()
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]  # fmt: skip
+    momenta = [m.momentum for m in bns]
+    try:
+        if bns:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average = exact mean over the batches seen
+            for k, images in enumerate(batches_of_images):
+                if k >= batches:
+                    break
+                forward(images)
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ema: ModelEMA | None,
+    images: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    text_embeds: torch.Tensor,
+    *,
+    phase: str = "joint",
+    amp_dtype: torch.dtype | None = None,
+    clip_grad_norm: float = 10.0,
+    where: str = "",
+) -> tuple[dict[str, torch.Tensor], float | None]:
+    """One optimizer step: forward -> loss -> backward -> clip -> AdamW -> EMA (the loop's step; the
+    throughput benchmark times exactly this).
+
+    Args:
+        model: the model, or its DDP wrapper (``wrap_ddp``).
+        images: (B, 3, H, W) on the model's device. targets: ``batch_idx`` (M,), ``cls`` (M,), ``boxes`` (M, 4).
+        text_embeds: (C, D) training vocabulary.
+        phase: ``joint`` or ``pretrain`` (expert and head alone).
+        where: position for error messages ("epoch 3, step 120").
+    Returns:
+        The loss terms (detached scalars) and the gradient norm before clipping (None without clipping).
+    Raises:
+        TrainingError: non-finite loss, or non-finite gradients outside fp16 AMP (where the scaler skips the
+            step by design).
+    """
+    kwargs = {"stage": "pretrain"} if phase == "pretrain" else {}
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        if _is_ddp(model):
+            losses = model(images, targets, text_embeds, **kwargs)
+        else:
+            losses = model.forward_training(images, targets, text_embeds, **kwargs)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        terms = {k: float(v) for k, v in losses.items()}
+        raise TrainingError(
+            f"non-finite loss at {where}: {terms}; lower optim.lr or check the data set for degenerate boxes"
+        )
+    scaler.scale(loss).backward()
+    grad_norm = None
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if not torch.isfinite(norm) and not scaler.is_enabled():
+            _raise_nonfinite_grads(unwrap(model), losses, where)
+        grad_norm = float(norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(unwrap(model))
+    return {k: v.detach() for k, v in losses.items()}, grad_norm
+
+
+def _raise_nonfinite_grads(model: nn.Module, losses: dict[str, torch.Tensor], where: str) -> None:
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    terms = {k: round(float(v), 5) for k, v in losses.items()}
+    raise TrainingError(
+        f"non-finite gradients at {where} in {len(bad)} parameters (first: {', '.join(bad[:4])}); loss terms "
+        f"{terms}. A loss term with an undefined gradient (e.g. a box loss on degenerate/padded boxes) is the "
+        "usual cause."
+    )
 
 
 class TrainingForward(nn.Module):

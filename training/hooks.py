@@ -30,6 +30,27 @@ class HookBase:
     def after_epoch(self) -> None: ...
 
 
+class PreciseBNHook(HookBase):
+    """Recompute the batch-norm statistics of the evaluated (EMA) model before each evaluation and after the
+    last epoch (the idea of detectron2's ``PreciseBN``).
+
+    Running statistics trail the weights (momentum 0.03 forgets slowly): after a few hundred steps they no
+    longer describe the features, and the model in eval mode scores far below the same weights in train
+    mode. Averaging exact statistics over ``batches`` training batches fixes evaluation and the checkpoint
+    that export uses. Frozen parts that stay in eval mode (the SAM encoder) are left untouched.
+    """
+
+    def __init__(self, batches: int, eval_hook: EvalHook | None):
+        self.batches = batches
+        self.eval_hook = eval_hook
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        last = t.epoch + 1 == t.cfg.schedule.epochs
+        if self.batches > 0 and (last or (self.eval_hook is not None and self.eval_hook.due())):
+            t.epoch_metrics["train/precise_bn_layers"] = t.recalibrate_bn(self.batches)
+
+
 class EvalHook(HookBase):
     """COCO evaluation of the EMA model on the validation split every ``every`` epochs and after the last.
 

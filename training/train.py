@@ -32,7 +32,7 @@ from training.checkpoint import CheckpointError, filter_state_dict, load_checkpo
 from training.config import ConfigError, TrainConfig, load_config, save_config
 from training.datasets import AugmentSpec, DataError, DetectionDataset, dataset_hash
 from training.engine import Trainer, wrap_ddp
-from training.hooks import CheckpointHook, EvalHook, MetricsLogHook, PlotHook
+from training.hooks import CheckpointHook, EvalHook, MetricsLogHook, PlotHook, PreciseBNHook
 
 
 def log(info: dist.DistInfo, *msg: Any) -> None:
@@ -203,10 +203,13 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
     torch.manual_seed(cfg.seed)
 
     run_dir = Path(cfg.output.dir) / cfg.name
-    if info.is_main and not cfg.resume and (run_dir / "last.pt").exists():
+    if info.is_main and not cfg.resume and cfg.output.overwrite and run_dir.is_dir():
+        for old in [run_dir / "metrics.jsonl", run_dir / "best.pt", *run_dir.glob("epoch_*.pt")]:
+            old.unlink(missing_ok=True)  # stale results of the replaced run must not mix with the new ones
+    if info.is_main and not cfg.resume and not cfg.output.overwrite and (run_dir / "last.pt").exists():
         raise ConfigError(
-            f"name={cfg.name}: {run_dir} already holds a run; pick another name= or continue it with "
-            f"resume={run_dir / 'last.pt'}"
+            f"name={cfg.name}: {run_dir} already holds a run; pick another name=, continue it with "
+            f"resume={run_dir / 'last.pt'}, or replace it with output.overwrite=true"
         )
     if not Path(cfg.data.root).is_dir():
         raise DataError(f"data.root: data set directory {cfg.data.root!r} not found")
@@ -291,8 +294,10 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
         dist_info=info,
     )
     metrics_path = run_dir / "metrics.jsonl"
+    eval_hook = EvalHook(cfg.eval.every)
     hooks = [
-        EvalHook(cfg.eval.every),
+        PreciseBNHook(cfg.eval.precise_bn_batches, eval_hook if val_set is not None else None),
+        eval_hook,
         CheckpointHook(cfg.eval.best_metric, cfg.output.keep_every),
         MetricsLogHook(metrics_path),
     ]

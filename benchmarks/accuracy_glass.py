@@ -1,0 +1,197 @@
+"""Accuracy on the synthetic glass-container set, with a budget you choose: RTVPNet closed AP50, open AP50
+(unseen classes, from prompts; ``minilm`` text-encoder stand-in), the Table VII component switches, and a
+YOLOv8-S peer trained by Ultralytics on the same data and budget. Every model is scored by the same code
+(``rtvp_edge.postprocess.decode_detections`` + pycocotools through ``training.coco_eval``).
+
+Ultralytics is AGPL: a benchmark-only peer, imported here alone, never by the product, never in setup.cfg
+(``pip install ultralytics``). It runs offline (YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0), from scratch (no
+pretrained weights can be downloaded here), with its default augmentation recipe.
+
+    python benchmarks/accuracy_glass.py --data data/glass_bench --containers 120 --img-size 320 \
+        --epochs 10 --batch 8 --rows closed open ablation yolo --threads 2
+
+Rows: ``closed`` (full RTVPNet, closed protocol), ``open`` (full RTVPNet, open protocol, minilm),
+``ablation`` (Table VII: each of EDP, RVP, V-T, T-V switched off in turn, and all off = the expert alone),
+``yolo`` (YOLOv8-S by Ultralytics). Results go to a JSON file and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ABLATION = {  # Table VII switches; "full" has all four on
+    "full": {},
+    "-EDP": {"model.edp": False, "model.projection": False},
+    "-RVP": {"model.rvp": False},
+    "-V-T": {"model.vt": False},
+    "-T-V": {"model.tv": False},
+    "expert only": {"model.edp": False, "model.projection": False, "model.rvp": False, "model.vt": False,
+                    "model.tv": False},
+}  # fmt: skip
+
+
+def ensure_data(root: Path, containers: int, seed: int, size_scale: float) -> dict[str, Path]:
+    from rtvp_edge.rig import RigConfig
+    from training.data.generate import generate_dataset
+
+    if (root / "closed" / "manifest.json").is_file() and (root / "open" / "manifest.json").is_file():
+        return {"closed": root / "closed", "open": root / "open"}
+    cfg = RigConfig(seed=seed, defect_size_scale=size_scale)
+    return generate_dataset(
+        root, containers=containers, protocol="both", config=cfg, workers=2, progress=False
+    )
+
+
+def run_rtvpnet(name: str, root: Path, out: Path, args, protocol: str, extra: dict) -> dict:
+    from training.config import load_config
+    from training.train import run_training
+
+    overrides = {
+        "name": name, "protocol": protocol, "data.root": str(root), "data.batch_size": args.batch,
+        "data.workers": args.workers, "model.variant": args.variant, "model.img_size": args.img_size,
+        "schedule.epochs": args.epochs, "schedule.pretrain_epochs": args.pretrain_epochs,
+        "schedule.warmup_epochs": 1, "optim.lr": args.lr, "eval.every": 0, "output.dir": str(out),
+        "output.progress": False, "output.plots": False, "text.encoder": args.text_encoder if protocol == "open"
+        else args.closed_text_encoder, "device": "cpu", "threads": args.threads, "seed": args.seed,
+        "output.overwrite": True,
+    }  # fmt: skip
+    overrides.update(extra)
+    cfg = load_config(args.config or None, [f"{k}={json.dumps(v) if isinstance(v, bool) else v}"
+                                            for k, v in overrides.items()])  # fmt: skip
+    t0 = time.perf_counter()
+    run = run_training(cfg)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = rows[-1]
+    per_class = {k.split("/")[1]: v for k, v in last.items() if k.startswith("val_class/")}
+    return {
+        "AP": last.get("val/AP"), "AP50": last.get("val/AP50"), "AP75": last.get("val/AP75"),
+        "per_class_AP50": per_class, "train_s": time.perf_counter() - t0, "epochs": args.epochs,
+        "images_per_s": sum(r["train/images_per_s"] for r in rows) / len(rows),
+    }  # fmt: skip
+
+
+def run_yolo(root: Path, out: Path, args) -> dict:
+    """YOLOv8-S from scratch by Ultralytics on the closed split, scored by our COCO evaluation."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(out / "ultralytics_cfg"))
+    import yaml
+    from ultralytics import YOLO  # AGPL: benchmark-only peer
+
+    from training.coco_eval import coco_evaluate, coco_ground_truth
+    from training.data.coco import load_coco_split
+
+    # Ultralytics finds labels by replacing /images/ with /labels/ in each image path: link our files so.
+    yroot = out / "yolo_data"
+    names = json.loads((root / "manifest.json").read_text())["names"]
+    for split in ("train", "val"):
+        for kind, src in (("images", root / "Images" / split), ("labels", root / "labels" / split)):
+            d = yroot / kind / split
+            d.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                if not (d / f.name).exists():
+                    (d / f.name).symlink_to(f.resolve())
+    data_yaml = yroot / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({"path": str(yroot), "train": "images/train", "val": "images/val",
+                                         "names": dict(enumerate(names))}))  # fmt: skip
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = YOLO("yolov8s.yaml")
+    model.train(data=str(data_yaml), epochs=args.epochs, imgsz=args.img_size, batch=args.batch, device="cpu",
+                workers=args.workers, pretrained=False, amp=False, plots=False, val=False, project=str(out),
+                name="yolov8s", exist_ok=True, seed=args.seed, verbose=False, lr0=0.01)  # fmt: skip
+    train_s = time.perf_counter() - t0
+    split = load_coco_split(root, "val")
+    index = {n: i for i, n in enumerate(split.class_names)}
+    dets, sizes, gt_b, gt_c = [], [], [], []
+    for img_id, rec in enumerate(split.images):
+        sizes.append((rec.height, rec.width))
+        gt_b.append(rec.boxes)
+        gt_c.append(rec.class_ids)
+        res = model.predict(str(rec.path), imgsz=args.img_size, conf=0.001, iou=0.6, max_det=100, verbose=False,
+                            device="cpu")[0]  # fmt: skip
+        b = res.boxes
+        for box, score, cls in zip(b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), strict=True):
+            k = index.get(names[cls])
+            if k is not None:
+                x1, y1, x2, y2 = (float(v) for v in box)
+                dets.append({"image_id": img_id, "category_id": k + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "score": float(score)})  # fmt: skip
+    r = coco_evaluate(coco_ground_truth(sizes, gt_b, gt_c, split.class_names), dets, split.class_names)
+    m = r["metrics"]
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "train_s": train_s, "epochs": args.epochs,
+            "per_class_AP50": {k: v["AP50"] for k, v in r["per_class"].items()}, "n_val_images": len(split.images)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/glass_bench")
+    p.add_argument("--containers", type=int, default=120)
+    p.add_argument("--defect-size-scale", type=float, default=1.0)
+    p.add_argument("--out", default="runs/accuracy_glass")
+    p.add_argument("--config", default="", help="base YAML (default: built-in defaults + the flags here)")
+    p.add_argument("--variant", default="rtvpnet_tiny")
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-encoder", default="minilm", help="open-protocol text encoder")
+    p.add_argument("--closed-text-encoder", default="minilm")
+    p.add_argument("--rows", nargs="+", default=["closed", "open", "ablation", "yolo"])
+    p.add_argument("--ablation-rows", nargs="+", default=list(ABLATION))
+    p.add_argument("--json", default="benchmarks/results/accuracy_glass.json")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    roots = ensure_data(Path(args.data), args.containers, args.seed, args.defect_size_scale)
+    out = Path(args.out)
+    results: dict[str, dict] = {}
+    if "closed" in args.rows or "ablation" in args.rows:
+        results["RTVPNet closed (full)"] = run_rtvpnet(
+            "closed_full", roots["closed"], out, args, "closed", {}
+        )
+        print(json.dumps({"RTVPNet closed (full)": results["RTVPNet closed (full)"]}), flush=True)
+    if "ablation" in args.rows:
+        for row in args.ablation_rows:
+            if row == "full":
+                continue
+            key = f"RTVPNet closed ({row})"
+            results[key] = run_rtvpnet(f"closed_{row.strip('-').replace(' ', '_')}", roots["closed"], out, args,
+                                       "closed", ABLATION[row])  # fmt: skip
+            print(json.dumps({key: results[key]}), flush=True)
+    if "open" in args.rows:
+        key = f"RTVPNet open, unseen classes ({args.text_encoder})"
+        results[key] = run_rtvpnet("open_full", roots["open"], out, args, "open", {})
+        print(json.dumps({key: results[key]}), flush=True)
+    if "yolo" in args.rows:
+        results["YOLOv8-S (Ultralytics, from scratch)"] = run_yolo(roots["closed"], out, args)
+        print(json.dumps({"YOLOv8-S": results["YOLOv8-S (Ultralytics, from scratch)"]}), flush=True)
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    print(
+        f"\nbudget: {args.epochs} epochs, {args.img_size} px, batch {args.batch}, {args.variant}, "
+        f"data {args.data} ({args.containers} containers), seed {args.seed}\n"
+    )
+    print("| model | AP | AP50 | AP75 | train time (s) |\n|---|---|---|---|---|")
+    for k, r in results.items():
+        print(f"| {k} | {fmt(r['AP'])} | {fmt(r['AP50'])} | {fmt(r['AP75'])} | {r['train_s']:.0f} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
