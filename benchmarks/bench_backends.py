@@ -295,6 +295,19 @@ def main() -> int:
             f"{default / best[k]:.2f}x | {6 / thr[k]:.1f} | {'—' if st6 is None else f'{6 / st6:.1f}'} | "
             f"{ap[k]:.1f} |"
         )
+    # The decision, computed from the figures above (best of dynamic/static batch for each artifact).
+    float_rows = ["OpenVINO f32 (hint f32)", "OpenVINO default"]
+    best_float = min(float_rows, key=lambda k: best[k])
+    int8_rows = [k for k in runners if k.startswith("OpenVINO INT8")]
+    best_int8 = min(int8_rows, key=lambda k: best[k])
+    lines += [
+        "",
+        f"Decision figures: fastest float mode **{best_float}** ({best[best_float] * 1e3:.0f} ms); fastest INT8 "
+        f"policy **{best_int8}** ({best[best_int8] * 1e3:.0f} ms) = {best[best_float] / best[best_int8]:.2f}x the "
+        f"best float mode and {base / best[best_int8]:.2f}x OpenVINO f32 (aim: >= 1.0x and >= 2.0x); "
+        f"AP50 {ap[best_int8]:.1f} vs FP32 {ap['ONNX Runtime (fp32)']:.1f}"
+        + (" (random weights: not meaningful)." if not trained else "."),
+    ]
     lines += [
         "",
         "Export time (whole pipeline: ONNX, parity, calibration, NNCF, accuracy guard, golden, bundle):",
