@@ -193,6 +193,7 @@ def main() -> int:
         eval_size=args.eval_size,
         progress=False,
         golden_count=2,
+        batch=-1,  # dynamic IRs: this script compiles each for static batch 1 and 6 itself
         force=not trained,
     )  # random weights: AP ~0, the guard has nothing to guard
 

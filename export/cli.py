@@ -42,8 +42,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch",
         type=int,
-        default=-1,
-        help="OpenVINO: static batch of the IR, e.g. 6 (one part); default -1 = dynamic",
+        default=None,
+        help="OpenVINO: static batch of the IR (default 6: one part of six views; -1 = dynamic)",
     )
     p.add_argument("--text-encoder", help="text-encoder spec for --vocab (default: the checkpoint's)")
     p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
@@ -156,12 +156,6 @@ def run_vocab(argv: list[str]) -> int:
     )
     p.add_argument("--bundle", type=Path, required=True, help="existing bundle (vocabulary mode 'input')")
     p.add_argument("--vocab", type=Path, required=True, help="vocabulary YAML ({name, prompt} list)")
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=-1,
-        help="OpenVINO: static batch of the IR, e.g. 6 (one part); default -1 = dynamic",
-    )
     p.add_argument("--text-encoder", help="text-encoder spec (default: the one recorded in the bundle)")
     p.add_argument("--out", type=Path, help="write a new bundle here instead of updating --bundle in place")
     p.add_argument("--cache-dir", type=Path, help="text-embedding cache folder")

@@ -109,6 +109,7 @@ def test_openvino_int8_bundle_passes_its_golden_self_test(int8_bundle):
     m = load_manifest(out)
     art = m.artifact("openvino")
     assert art.precision == "int8"
+    assert m.io.batch == 6  # static batch by default: one part of six views
     assert any("head output path" in k for k in art.kept_float)
     assert any("image_encoder" in k for k in art.kept_float)
     assert m.accuracy is not None and set(m.accuracy.fp32) >= {"AP", "AP50"}
