@@ -171,6 +171,11 @@ class Pipeline:
             log.exception("assembler stage failed")
             self._status("assembler", "ERROR", f"{type(e).__name__}: {e}")
             self.request_stop()
+            try:  # the parts it held still get a verdict (INCOMPLETE), never silence
+                for p in self.assembler.flush(f"assembler failed: {type(e).__name__}"):
+                    self.part_queue.put(p)
+            except Exception:
+                log.exception("assembler flush after failure failed")
         finally:
             self.part_queue.put(_SENTINEL)
 

@@ -250,3 +250,31 @@ def test_openvino_runs_a_bundle_without_ir_and_names_the_bundle(tmp_path):
     assert [v.verdict for v in sorted(got, key=lambda v: v.trigger_seq)] == ["NG", "OK"]
     assert p.model_info["precision"] == "fp32" and p.model_info["backend"] == "openvino"
     assert p.model_info["bundle_sha256"] == sha256_file(b / "manifest.json")
+
+
+def test_a_crashing_stage_ends_the_run_with_a_status_event_not_a_hang(tmp_path, bundle):
+    rec = recorded_line(tmp_path, 6, ng_parts=set())
+    cfg = load_line_config(line_file(tmp_path, bundle, rec, loop=True, fps=20))
+    status = []
+    p = build_pipeline(cfg, use_mqtt=False, status_sinks=[lambda *s: status.append(s)])
+    calls = {"n": 0}
+    real_add = p.assembler.add
+
+    def flaky_add(frame):
+        calls["n"] += 1
+        if calls["n"] == 11:  # 10 frames of 3 cameras added: at least one part is still open
+            raise MemoryError("simulated")
+        return real_add(frame)
+
+    p.assembler.add = flaky_add
+    got = []
+    p.sinks.append(got.append)
+    summary = p.run(duration_s=30)  # endless looped sources: only the crash handling can end it early
+    p.close()
+    assert summary.duration_s < 20
+    assert ("assembler", "ERROR", "MemoryError: simulated") in status
+    assert not any(w.alive for w in p.workers.values())
+    # the part whose frames were being assembled was published INCOMPLETE, naming why
+    assert any(
+        v.verdict == "INCOMPLETE" and "assembler failed: MemoryError" in " ".join(v.reasons) for v in got
+    )
