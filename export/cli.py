@@ -39,6 +39,12 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocab", type=Path, help="vocabulary YAML ({name, prompt} list); default: the checkpoint's"
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=-1,
+        help="OpenVINO: static batch of the IR, e.g. 6 (one part); default -1 = dynamic",
+    )
     p.add_argument("--text-encoder", help="text-encoder spec for --vocab (default: the checkpoint's)")
     p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
     p.add_argument("--half", action="store_true", help="FP16 weights (OpenVINO) / FP16 engine (TensorRT)")
@@ -120,6 +126,7 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         text_encoder=args.text_encoder,
+        batch=args.batch,
     )
     check_options(options)  # before loading a large checkpoint
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
@@ -149,6 +156,12 @@ def run_vocab(argv: list[str]) -> int:
     )
     p.add_argument("--bundle", type=Path, required=True, help="existing bundle (vocabulary mode 'input')")
     p.add_argument("--vocab", type=Path, required=True, help="vocabulary YAML ({name, prompt} list)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=-1,
+        help="OpenVINO: static batch of the IR, e.g. 6 (one part); default -1 = dynamic",
+    )
     p.add_argument("--text-encoder", help="text-encoder spec (default: the one recorded in the bundle)")
     p.add_argument("--out", type=Path, help="write a new bundle here instead of updating --bundle in place")
     p.add_argument("--cache-dir", type=Path, help="text-embedding cache folder")

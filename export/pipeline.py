@@ -80,6 +80,8 @@ class ExportOptions:
         model_version: free-text version recorded in the manifest.
         progress: show tqdm progress bars.
         text_encoder: encoder spec for the vocabulary (default: the checkpoint's); its width must fit.
+        batch: OpenVINO IR with this static batch (-1: dynamic). OpenVINO's CPU plugin runs static shapes
+            faster (benchmarks/results/export.md); the runtime pads/chunks to it. The ONNX stays dynamic.
     """
 
     target: str = "openvino"
@@ -101,6 +103,7 @@ class ExportOptions:
     model_version: str | None = None
     progress: bool = True
     text_encoder: str | None = None
+    batch: int = -1
 
 
 def toolchain() -> dict[str, str]:
@@ -151,6 +154,10 @@ def check_options(options: ExportOptions) -> None:
         raise ExportError("--accuracy-control needs --int8 --target openvino (NNCF accuracy-controlled PTQ)")
     if not 0.0 <= options.score_threshold <= 1.0:
         raise ExportError(f"--score-threshold must be in [0, 1], got {options.score_threshold}")
+    if options.batch == 0 or options.batch < -1:
+        raise ExportError(f"--batch must be a positive batch size or -1 (dynamic), got {options.batch}")
+    if options.batch > 0 and options.target != "openvino":
+        raise ExportError("--batch (static batch) applies to --target openvino only")
     if options.max_ap_drop < 0:
         raise ExportError(f"--max-ap-drop must be >= 0 points, got {options.max_ap_drop}")
     if options.int8 and options.calib_size < 1:
@@ -192,7 +199,7 @@ def _resolve_eval_set(source: ExportSource, options: ExportOptions) -> EvalSet |
     val_split = str(source.provenance.get("val_split") or "val")
     if options.eval_data is None and not (Path(root) / "annotations" / f"{val_split}.json").is_file():
         return None
-    return load_eval_set(root, str(source.provenance.get("val_split") or "val"), options.eval_size)
+    return load_eval_set(root, val_split, options.eval_size)
 
 
 def export_bundle(
@@ -218,7 +225,7 @@ def export_bundle(
     check_options(options)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    stages = ["embeddings", "onnx", "calibration", options.target, "accuracy", "golden", "bundle"]
+    stages = ["embeddings", "calibration", "onnx", options.target, "accuracy", "golden", "bundle"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not options.progress)
     try:
 
@@ -261,6 +268,18 @@ def export_bundle(
                     "records no data set that exists on this machine)"
                 )
 
+        # The calibration set is built once, before anything is exported, and reused by every backend.
+        calib = None
+        if options.int8:
+            calib = build_calibration_set(
+                calib_root,
+                spec,
+                options.calib_size,
+                progress=options.progress,
+                split=str(source.provenance.get("train_split") or "train"),
+            )
+        t = stage_done("calibration", t)
+
         staging = BundleStaging(out, overwrite=options.overwrite)
         with staging as tmp:
             np.save(tmp / EMBEDDINGS_FILE, embeddings)
@@ -270,16 +289,6 @@ def export_bundle(
                 wrapper, tmp / "model.onnx", options.vocab_mode, spec.input_size, tuple(embeddings.shape)
             )
             t = stage_done("onnx", t)
-            calib = None
-            if options.int8:
-                calib = build_calibration_set(
-                    calib_root,
-                    spec,
-                    options.calib_size,
-                    progress=options.progress,
-                    split=str(source.provenance.get("train_split") or "train"),
-                )
-            t = stage_done("calibration", t)
             check_images = _verification_images(source, calib, eval_set, max(2, options.golden_count))
             ort_fp32 = OnnxRuntimeRunner(onnx_path, feed_emb)
             checks = {
@@ -339,6 +348,8 @@ def export_bundle(
                     xml, qinfo = ovb.quantize_int8(onnx_path, xml, calib, keep, feed_emb, control)
                     if options.half:
                         _recompress_fp16(xml)
+                    if options.batch > 0:
+                        ovb.set_static_batch(xml, options.batch)
                     int8_runner = OpenVINORunner(xml, feed_emb, precision="int8")
                     exec_prec = int8_runner.execution_precision()
                     artifacts.append(
@@ -355,6 +366,8 @@ def export_bundle(
                     calibration_info = {**calibration_info, **qinfo}
                 else:
                     ovb.convert_ir(onnx_path, xml, half=options.half)
+                    if options.batch > 0:
+                        ovb.set_static_batch(xml, options.batch)
                     ov_runner = OpenVINORunner(xml, feed_emb, precision="fp16" if options.half else "fp32")
                     exec_prec = ov_runner.execution_precision()
                     # bf16 execution differs from f32 by ~1e-2 relative; parity is checked at f32.
@@ -439,7 +452,9 @@ def export_bundle(
                     std=tuple(spec.std),
                 ),
                 io=IOInfo(
-                    embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None, image_input=IMAGES
+                    embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None,
+                    image_input=IMAGES,
+                    batch=options.batch if options.batch > 0 and primary == "openvino" else -1,
                 ),
                 vocabulary=VocabularyInfo(
                     mode=options.vocab_mode,

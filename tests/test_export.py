@@ -341,18 +341,23 @@ def test_golden_samples_are_recorded_for_the_primary_artifact(int8_bundle):
     assert m.golden_for("openvino") == m.golden and m.golden_for("onnxruntime") == []
 
 
-@pytest.mark.parametrize("mode", ["int8", "input"])
+@pytest.mark.parametrize("mode", ["int8", "input", "static"])
 def test_runtime_loads_the_bundle_and_passes_its_golden_self_test(int8_bundle, glass_data, tmp_path, mode):
     """The edge runtime's own loader and self-test (rtvp_edge.backends / rtvp_edge.selftest) accept the bundle."""
     backends = pytest.importorskip("rtvp_edge.backends", reason="the runtime part is not installed")
     selftest = pytest.importorskip("rtvp_edge.selftest", reason="the runtime part is not installed")
     if mode == "int8":
         out, _ = int8_bundle
-    else:
+    elif mode == "input":
         out = tmp_path / "input"
         export_bundle(_source(), out, _options(glass_data, target="openvino", vocab_mode="input"))
+    else:  # static batch 3: the runtime chunks and pads batches to it
+        out = tmp_path / "static"
+        export_bundle(_source(), out, _options(glass_data, target="openvino", int8=True, batch=3))
     m = load_manifest(out)
     backend = backends.load_backend("openvino", out, m)
+    if mode == "static":
+        assert m.io.batch == 3 and backend.fixed_batch == 3
     try:
         assert selftest.run_golden_selftest(out, m, backend) == len(m.golden) > 0
     finally:
