@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePairing
 from rtvp_edge.backends import Backend, load_backend
 from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
@@ -106,6 +106,11 @@ class Pipeline:
             )  # fmt: skip
         a = config.assembly
         self.plc = plc
+        self.pairing = (
+            TimePairing(a.pairing_window_s, {c.id: c.trigger_offset_s for c in config.cameras})
+            if a.pairing == "time"
+            else None
+        )
         self.assembler = PartAssembler(
             a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
         )
@@ -140,6 +145,8 @@ class Pipeline:
                 parts: list[AssembledPart] = []
                 for w in self.workers.values():
                     while (f := w.buffer.get_nowait()) is not None:
+                        if self.pairing is not None:
+                            f = self.pairing.assign(f)
                         parts += self.assembler.add(f)
                 parts += self.assembler.poll()
                 for p in parts:
