@@ -30,7 +30,7 @@ from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
-from rtvp_edge.messages import CameraSource, PartVerdict, ViewResult
+from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.selftest import run_golden_selftest
@@ -43,6 +43,7 @@ _SENTINEL = object()
 
 Sink = Callable[[PartVerdict], None]
 StatusSink = Callable[[str, str, str], None]  # (component, state, message)
+PartSink = Callable[[PartVerdict, tuple[Frame, ...]], None]  # (verdict, the part's frames by view)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Pipeline:
         model_info: bundle identity for logs and metrics.
         rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
+        part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
+            capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Pipeline:
         model_info: dict | None = None,
         rig=None,
         plc: PlcPartIds | None = None,
+        part_sinks: Sequence[PartSink] = (),
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
@@ -93,6 +97,7 @@ class Pipeline:
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
         self.status_sinks = list(status_sinks)
+        self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
         self._wakeup = threading.Event()
         self.workers: dict[str, CameraWorker] = {}
@@ -249,9 +254,11 @@ class Pipeline:
                         log.warning("evidence for part %s not written: %s", part.part_id, e)
                         self._status("evidence", "ERROR", str(e))
                 self.metrics.count_verdict(verdict.verdict, verdict.latency_ms)
-                for sink in self.sinks:
+                for sink, with_frames in [(k, False) for k in self.sinks] + [
+                    (k, True) for k in self.part_sinks
+                ]:
                     try:
-                        sink(verdict)
+                        sink(verdict, part.frames) if with_frames else sink(verdict)
                     except Exception as e:
                         name = getattr(sink, "__qualname__", repr(sink))
                         self.metrics.sink_errors[name] += 1
@@ -470,6 +477,7 @@ def build_pipeline(
     status_sinks: Sequence[StatusSink] = (),
     publisher=None,
     use_mqtt: bool = True,
+    part_sinks: Sequence[PartSink] = (),
 ) -> Pipeline:
     """Build every collaborator of a line once: bundle (hash check), backend, golden self-test, policy,
     sources, evidence writer and (when ``use_mqtt``) the MQTT event publisher.
@@ -510,7 +518,18 @@ def build_pipeline(
             )
             plc.start()
         return Pipeline(
-            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
+            config,
+            sources,
+            inference,
+            policy,
+            sinks,
+            evidence,
+            publisher,
+            status_sinks,
+            info,
+            rig,
+            plc,
+            part_sinks,
         )
     except BaseException:
         backend.close()
