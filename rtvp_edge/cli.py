@@ -154,11 +154,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                     open(args.jsonl, "a", buffering=1)
                 )  # line-buffered: a kill loses nothing
 
-                def write_jsonl(verdict):
-                    jsonl.write(json.dumps(verdict_record(verdict)) + "\n")
+                def write_jsonl(verdict, frames):
+                    jsonl.write(json.dumps(verdict_record(verdict, frames)) + "\n")
 
                 sinks.append(write_jsonl)
-            pipeline = build_pipeline(config, sinks=sinks, use_mqtt=not args.no_mqtt)
+            pipeline = build_pipeline(config, part_sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
             if pipeline.publisher is not None:
                 pipeline.publisher.start()  # MqttConnectError: refused login / TLS -> exit 2

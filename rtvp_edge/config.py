@@ -99,6 +99,9 @@ class CameraConfig(_Strict):
     loop: bool = False  # folder/video sources: start again at the end instead of ending
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    # assembly.pairing: time only: how long after the gate trigger this camera shoots (rig: the right bank
+    # shoots after the 180 degree turn), so its frames line up with the other banks'
+    trigger_offset_s: float = Field(0.0, ge=0)
 
     @field_validator("source")
     @classmethod
@@ -142,6 +145,11 @@ class AssemblyConfig(_Strict):
     plc_topic: str | None = None  # MQTT topic carrying {"trigger_seq": n, "part_id": "..."} (part_id: plc)
     timeout_s: float = Field(3.0, gt=0)  # first view -> INCOMPLETE when views are still missing
     max_open_parts: int = Field(64, ge=1)  # bound on parts waiting for views
+    # sequence: views pair by the sources' trigger numbers (the rig, replays, cameras with frame counters);
+    # time: by capture time (free-running cameras that may lose frames): a frame joins the part whose
+    # first frame, offsets removed, is within pairing_window_s of it (keep it under half the part period)
+    pairing: Literal["sequence", "time"] = "sequence"
+    pairing_window_s: float = Field(0.1, gt=0)
 
     @model_validator(mode="after")
     def _plc_needs_topic(self) -> AssemblyConfig:

@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePairing
 from rtvp_edge.backends import Backend, load_backend
 from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
-from rtvp_edge.messages import CameraSource, PartVerdict, ViewResult
+from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.selftest import run_golden_selftest
@@ -43,6 +43,7 @@ _SENTINEL = object()
 
 Sink = Callable[[PartVerdict], None]
 StatusSink = Callable[[str, str, str], None]  # (component, state, message)
+PartSink = Callable[[PartVerdict, tuple[Frame, ...]], None]  # (verdict, the part's frames by view)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Pipeline:
         model_info: bundle identity for logs and metrics.
         rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
+        part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
+            capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Pipeline:
         model_info: dict | None = None,
         rig=None,
         plc: PlcPartIds | None = None,
+        part_sinks: Sequence[PartSink] = (),
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
@@ -93,6 +97,7 @@ class Pipeline:
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
         self.status_sinks = list(status_sinks)
+        self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
         self._wakeup = threading.Event()
         self.workers: dict[str, CameraWorker] = {}
@@ -106,6 +111,11 @@ class Pipeline:
             )  # fmt: skip
         a = config.assembly
         self.plc = plc
+        self.pairing = (
+            TimePairing(a.pairing_window_s, {c.id: c.trigger_offset_s for c in config.cameras})
+            if a.pairing == "time"
+            else None
+        )
         self.assembler = PartAssembler(
             a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
         )
@@ -140,6 +150,8 @@ class Pipeline:
                 parts: list[AssembledPart] = []
                 for w in self.workers.values():
                     while (f := w.buffer.get_nowait()) is not None:
+                        if self.pairing is not None:
+                            f = self.pairing.assign(f)
                         parts += self.assembler.add(f)
                 parts += self.assembler.poll()
                 for p in parts:
@@ -171,6 +183,11 @@ class Pipeline:
             log.exception("assembler stage failed")
             self._status("assembler", "ERROR", f"{type(e).__name__}: {e}")
             self.request_stop()
+            try:  # the parts it held still get a verdict (INCOMPLETE), never silence
+                for p in self.assembler.flush(f"assembler failed: {type(e).__name__}"):
+                    self.part_queue.put(p)
+            except Exception:
+                log.exception("assembler flush after failure failed")
         finally:
             self.part_queue.put(_SENTINEL)
 
@@ -237,9 +254,11 @@ class Pipeline:
                         log.warning("evidence for part %s not written: %s", part.part_id, e)
                         self._status("evidence", "ERROR", str(e))
                 self.metrics.count_verdict(verdict.verdict, verdict.latency_ms)
-                for sink in self.sinks:
+                for sink, with_frames in [(k, False) for k in self.sinks] + [
+                    (k, True) for k in self.part_sinks
+                ]:
                     try:
-                        sink(verdict)
+                        sink(verdict, part.frames) if with_frames else sink(verdict)
                     except Exception as e:
                         name = getattr(sink, "__qualname__", repr(sink))
                         self.metrics.sink_errors[name] += 1
@@ -458,6 +477,7 @@ def build_pipeline(
     status_sinks: Sequence[StatusSink] = (),
     publisher=None,
     use_mqtt: bool = True,
+    part_sinks: Sequence[PartSink] = (),
 ) -> Pipeline:
     """Build every collaborator of a line once: bundle (hash check), backend, golden self-test, policy,
     sources, evidence writer and (when ``use_mqtt``) the MQTT event publisher.
@@ -498,7 +518,18 @@ def build_pipeline(
             )
             plc.start()
         return Pipeline(
-            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
+            config,
+            sources,
+            inference,
+            policy,
+            sinks,
+            evidence,
+            publisher,
+            status_sinks,
+            info,
+            rig,
+            plc,
+            part_sinks,
         )
     except BaseException:
         backend.close()

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from rtvp_edge.config import DetectionConfig, VerdictConfig
-from rtvp_edge.messages import Detection, PartVerdict, ViewResult
+from rtvp_edge.messages import Detection, Frame, PartVerdict, ViewResult
 
 
 def _contour(region) -> np.ndarray:
@@ -142,10 +142,12 @@ class VerdictPolicy:
         )
 
 
-def verdict_record(verdict: PartVerdict) -> dict:
+def verdict_record(verdict: PartVerdict, frames: Sequence[Frame] = ()) -> dict:
     """A JSON-ready dict of a verdict with every view's detections (for ``--jsonl`` and logs; the MQTT
-    events have their own versioned schema)."""
-    return {
+    events have their own versioned schema). With the part's ``frames`` from the simulated rig, each view
+    also carries the rig's ``ground_truth`` (class, box, clear) to compare detections against."""
+    truth = {f.view_index: f.ground_truth for f in frames if f.ground_truth is not None}
+    record = {
         "part_id": verdict.part_id,
         "trigger_seq": verdict.trigger_seq,
         "verdict": verdict.verdict,
@@ -172,3 +174,16 @@ def verdict_record(verdict: PartVerdict) -> dict:
             for v in verdict.views
         ],
     }
+    for view in record["views"]:
+        gts = truth.get(view["view_index"])
+        if gts is not None:
+            view["ground_truth"] = [
+                {
+                    "class_name": g.class_name,
+                    "box": [round(c, 1) for c in g.box],
+                    "clear": g.clear,
+                    "defect_id": g.defect_id,
+                }
+                for g in gts
+            ]
+    return record

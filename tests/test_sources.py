@@ -224,3 +224,13 @@ def test_mono_and_bgra_frames_are_converted_16_bit_skipped():
     assert all(f.image.shape == (24, 20, 3) and f.image.dtype == np.uint8 for f in got)
     assert int(got[0].image[0, 0, 2]) == 77 and int(got[2].image[0, 0, 0]) == 9
     assert w.stats.corrupt == 1  # the 16-bit frame: counted, skipped
+
+
+def test_gstreamer_source_without_gstreamer_support_says_why():
+    from rtvp_edge.sources.opencv import opencv_has_gstreamer
+
+    if opencv_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer: the hint is not shown")
+    src = OpenCVCamera("G1", 0, "videotestsrc num-buffers=1 ! videoconvert ! appsink", "gstreamer")
+    with pytest.raises(CameraError, match="built without GStreamer"):
+        src.open()
