@@ -69,25 +69,37 @@ def load_eval_set(root: str | os.PathLike, split: str = "val", max_images: int |
 def predict(
     runner: Runner, eval_set: EvalSet, spec: PreprocessSpec, class_names: list[str], desc: str = "evaluate"
 ) -> list[list]:
-    """Decoded detections (camera pixels) of every held-out image, in order."""
+    """Decoded detections (camera pixels) of every held-out image, in order.
+
+    Images go through the runner in batches of its static batch (``runner.fixed_batch``, else 1), so a
+    static-batch artifact is not padded for every image.
+    """
+    size = max(1, int(getattr(runner, "fixed_batch", 1) or 1))
     out = []
-    for rec in tqdm(eval_set.images, desc=desc, unit="img", leave=False):
-        img = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ExportError(f"held-out image {rec.path}: cannot be read")
-        batch, (lb,) = preprocess([img], spec)
-        boxes, scores = runner(batch)
-        out.append(
-            decode_detections(
-                boxes[0],
-                scores[0],
-                lb,
-                class_names,
-                EVAL_SCORE_THRESHOLD,
-                EVAL_IOU_THRESHOLD,
-                EVAL_MAX_DETECTIONS,
-            )
-        )
+    records = eval_set.images
+    with tqdm(total=len(records), desc=desc, unit="img", leave=False) as bar:
+        for start in range(0, len(records), size):
+            images = []
+            for rec in records[start : start + size]:
+                img = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise ExportError(f"held-out image {rec.path}: cannot be read")
+                images.append(img)
+            batch, lbs = preprocess(images, spec)
+            boxes, scores = runner(batch)
+            for i, lb in enumerate(lbs):
+                out.append(
+                    decode_detections(
+                        boxes[i],
+                        scores[i],
+                        lb,
+                        class_names,
+                        EVAL_SCORE_THRESHOLD,
+                        EVAL_IOU_THRESHOLD,
+                        EVAL_MAX_DETECTIONS,
+                    )
+                )
+            bar.update(len(images))
     return out
 
 

@@ -39,6 +39,12 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocab", type=Path, help="vocabulary YAML ({name, prompt} list); default: the checkpoint's"
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="OpenVINO: static batch of the IR (default 6: one part of six views; -1 = dynamic)",
+    )
     p.add_argument("--text-encoder", help="text-encoder spec for --vocab (default: the checkpoint's)")
     p.add_argument("--target", default="openvino", help="onnx | openvino | tensorrt (default openvino)")
     p.add_argument("--half", action="store_true", help="FP16 weights (OpenVINO) / FP16 engine (TensorRT)")
@@ -120,6 +126,7 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         text_encoder=args.text_encoder,
+        batch=args.batch,
     )
     check_options(options)  # before loading a large checkpoint
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None

@@ -30,7 +30,7 @@ class KeepFloat:
 
     Args:
         names: exact ONNX node names (the graph tail: score path, sigmoid, box decoding).
-        blocks: module-path prefixes kept entirely in float, e.g. ``"/image_encoder/"``.
+        blocks: regexes of module paths kept entirely in float (``block_pattern``), e.g. ``/(model/)?sam(\\.\\d+)?/.*``.
         reasons: human-readable entries for ``Artifact.kept_float``.
     """
 
@@ -41,10 +41,10 @@ class KeepFloat:
     def patterns(self) -> list[str]:
         """Regexes over OpenVINO op names for ``nncf.IgnoredScope``: OpenVINO splits an ONNX node into ops
         named after it (``/head/box/Conv`` -> ``/head/box/Conv/WithoutBiases`` + ``/head/box/Conv``)."""
-        return [re.escape(b) + ".*" for b in self.blocks] + [re.escape(n) + "(/.*)?" for n in self.names]
+        return list(self.blocks) + [re.escape(n) + "(/.*)?" for n in self.names]
 
     def matches(self, node_name: str) -> bool:
-        return node_name in set(self.names) or any(node_name.startswith(b) for b in self.blocks)
+        return node_name in set(self.names) or any(re.match(b, node_name) for b in self.blocks)
 
     def onnx_nodes(self, model: onnx.ModelProto) -> list[str]:
         """Names of the ONNX nodes this policy keeps float (for ONNX Runtime's ``nodes_to_exclude``)."""
@@ -52,9 +52,19 @@ class KeepFloat:
 
 
 def node_scope(name: str) -> str:
-    """The top-level block a node belongs to: ``"/head/box.0/Conv"`` -> ``"head"``; ``"/Sigmoid"`` -> ``""``."""
+    """The top-level block a node belongs to: ``"/head/box.0/Conv"`` -> ``"head"``, ``"/fuse.1/Conv"`` ->
+    ``"fuse"`` (an ``nn.ModuleList`` entry); ``"/Sigmoid"`` -> ``""``."""
     parts = name.split("/")
-    return parts[1] if len(parts) > 2 and name.startswith("/") else ""
+    return re.sub(r"\.\d+$", "", parts[1]) if len(parts) > 2 and name.startswith("/") else ""
+
+
+def block_pattern(block: str) -> str:
+    """Regex of the node names of top-level block ``block`` (and of its ``nn.ModuleList`` entries).
+
+    ``forward_inference`` is not a module call, so the tracer scopes nodes by the blocks it calls
+    (``/expert/...``, ``/fuse.0/...``), or under ``/model/`` when a wrapper calls the model's ``forward``.
+    """
+    return rf"/(model/)?{re.escape(block.strip('/'))}(\.\d+)?/.*"
 
 
 def graph_tail(model: onnx.ModelProto, head_scopes: Iterable[str] = ("head",)) -> list[str]:
@@ -107,28 +117,20 @@ def keep_float_policy(
         f"head output path ({len(tail)} nodes): final layers {', '.join(convs[:8])}"
         f"{' ...' if len(convs) > 8 else ''}; region-text scores, sigmoid, DFL box decoding"
     )
-    names = {n.name for n in model.graph.node}
+    names = [n.name for n in model.graph.node]
 
-    def prefix_of(block: str) -> str:
-        # forward_inference is not a module call, so the tracer scopes nodes by the blocks it calls:
-        # "/expert/..." (or "/model/expert/..." when the wrapper calls the model itself).
-        block = block.strip("/")
-        for prefix in (f"/{block}/", f"/model/{block}/"):
-            if any(n.startswith(prefix) for n in names):
-                return prefix
-        return f"/{block}/"
+    def has_nodes(pattern: str) -> bool:
+        return any(re.match(pattern, n) for n in names)
 
     if float_blocks:
         for b in block_names:
             # Blocks without nodes in the inference graph (e.g. the training loss) are not candidates.
-            if re.search(float_blocks, b) and any(n.startswith(prefix_of(b)) for n in names):
-                keep.blocks.append(prefix_of(b))
+            if re.search(float_blocks, b) and has_nodes(block_pattern(b)):
+                keep.blocks.append(block_pattern(b))
                 keep.reasons.append(f"block {b}: kept float (policy {float_blocks!r})")
-    for p in extra_patterns:
-        prefix = p if p.startswith("/") and p.endswith("/") else prefix_of(p)
-        keep.blocks.append(prefix)
-        keep.reasons.append(f"block {prefix}: requested (--keep-float)")
-    for b in keep.blocks:
-        if not any(n.startswith(b) for n in names):
+    for b in extra_patterns:
+        if not has_nodes(block_pattern(b)):
             raise ExportError(f"keep-float block {b!r} matches no node of the exported graph")
+        keep.blocks.append(block_pattern(b))
+        keep.reasons.append(f"block {b}: kept float (--keep-float)")
     return keep

@@ -43,6 +43,24 @@ def convert_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, half: 
     return xml_path
 
 
+def set_static_batch(xml_path: str | os.PathLike, batch: int) -> Path:
+    """Rewrite an IR with a static batch on the image input (other axes unchanged, e.g. the class axis of
+    ``text_embeddings`` stays dynamic). OpenVINO's CPU plugin runs static shapes faster, INT8 most of all."""
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    model = ov.Core().read_model(str(xml_path))
+    shape = model.input(IMAGES).get_partial_shape()
+    shape[0] = batch
+    model.reshape({IMAGES: shape})
+    tmp = xml_path.with_name("static_tmp.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)  # weights keep their stored precision
+    del model
+    os.replace(tmp, xml_path)
+    os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+    return xml_path
+
+
 def _transform(embeddings: np.ndarray | None) -> Callable[[np.ndarray], dict]:
     def fn(sample: np.ndarray) -> dict:
         feeds = {IMAGES: sample[None] if sample.ndim == 3 else sample}

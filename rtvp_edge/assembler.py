@@ -8,6 +8,7 @@ arrive for a part already emitted are counted as late and dropped.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -194,6 +195,43 @@ class PartAssembler:
             self.stats.incomplete += 1
         first = min((f.monotonic for f in frames if f.monotonic), default=p.opened)
         return AssembledPart(part_id, seq, frames, missing, reason if missing else "", first)
+
+
+class TimePairing:
+    """Pairs frames by capture time instead of trigger numbers (``assembly.pairing: time``).
+
+    A free-running camera that loses a frame shifts its own numbering; pairing by number would then put
+    its views into the wrong parts. Here a frame joins the part whose reference time (its first frame's
+    ``monotonic`` minus that camera's trigger offset) is within ``window_s`` and that has no view from this
+    camera yet; otherwise it opens a new part. Parts are numbered by this pairing, in order of first frame.
+
+    Args:
+        window_s: the largest capture-time spread of one part's views after offsets (< half the period).
+        offsets_s: camera id -> delay of its shot after the trigger (default 0).
+        keep: recent parts remembered for pairing.
+    """
+
+    def __init__(self, window_s: float, offsets_s: dict[str, float] | None = None, keep: int = 256) -> None:
+        self.window_s, self.offsets_s = window_s, dict(offsets_s or {})
+        self._recent: collections.deque[tuple[int, float, set[int]]] = collections.deque(maxlen=keep)
+        self._next = 0
+
+    def assign(self, frame: Frame) -> Frame:
+        """``frame`` with ``trigger_seq`` set to the part it belongs to."""
+        t = frame.monotonic - self.offsets_s.get(frame.camera_id, 0.0)
+        best = None
+        for seq, t_ref, views in self._recent:
+            d = abs(t - t_ref)
+            if d <= self.window_s and frame.view_index not in views and (best is None or d < best[0]):
+                best = (d, seq, views)
+        if best is None:
+            seq, views = self._next, set()
+            self._next += 1
+            self._recent.append((seq, t, views))
+        else:
+            _, seq, views = best
+        views.add(frame.view_index)
+        return dataclasses.replace(frame, trigger_seq=seq)
 
 
 class PlcPartIds:

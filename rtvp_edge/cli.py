@@ -26,7 +26,11 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rtvp-edge", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="rtvp-edge",
+        description="RTVPNet-S edge runtime: run a line, check a line file or a bundle, listen to a line's events.",
+        epilog="Exit codes: 0 done, 2 invalid line file / bundle / MQTT settings, 1 runtime failure.",
+    )
     p.add_argument("--version", action="version", version=f"rtvp-edge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -150,11 +154,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                     open(args.jsonl, "a", buffering=1)
                 )  # line-buffered: a kill loses nothing
 
-                def write_jsonl(verdict):
-                    jsonl.write(json.dumps(verdict_record(verdict)) + "\n")
+                def write_jsonl(verdict, frames):
+                    jsonl.write(json.dumps(verdict_record(verdict, frames)) + "\n")
 
                 sinks.append(write_jsonl)
-            pipeline = build_pipeline(config, sinks=sinks, use_mqtt=not args.no_mqtt)
+            pipeline = build_pipeline(config, part_sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
             if pipeline.publisher is not None:
                 pipeline.publisher.start()  # MqttConnectError: refused login / TLS -> exit 2

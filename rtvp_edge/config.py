@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -98,6 +99,9 @@ class CameraConfig(_Strict):
     loop: bool = False  # folder/video sources: start again at the end instead of ending
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    # assembly.pairing: time only: how long after the gate trigger this camera shoots (rig: the right bank
+    # shoots after the 180 degree turn), so its frames line up with the other banks'
+    trigger_offset_s: float = Field(0.0, ge=0)
 
     @field_validator("source")
     @classmethod
@@ -141,6 +145,11 @@ class AssemblyConfig(_Strict):
     plc_topic: str | None = None  # MQTT topic carrying {"trigger_seq": n, "part_id": "..."} (part_id: plc)
     timeout_s: float = Field(3.0, gt=0)  # first view -> INCOMPLETE when views are still missing
     max_open_parts: int = Field(64, ge=1)  # bound on parts waiting for views
+    # sequence: views pair by the sources' trigger numbers (the rig, replays, cameras with frame counters);
+    # time: by capture time (free-running cameras that may lose frames): a frame joins the part whose
+    # first frame, offsets removed, is within pairing_window_s of it (keep it under half the part period)
+    pairing: Literal["sequence", "time"] = "sequence"
+    pairing_window_s: float = Field(0.1, gt=0)
 
     @model_validator(mode="after")
     def _plc_needs_topic(self) -> AssemblyConfig:
@@ -171,6 +180,7 @@ class ModelConfig(_Strict):
         p = Path(v)
         if not p.is_absolute():
             p = _base_dir(info) / p
+        p = p.resolve()
         if not p.is_dir():
             raise ValueError(f"bundle directory not found: {p}")
         if not (p / "manifest.json").is_file():
@@ -188,9 +198,9 @@ class DetectionConfig(_Strict):
     class_thresholds: dict[str, float] = {}  # class name -> minimum score
     iou_threshold: float | None = Field(None, ge=0, le=1)
     min_box_px: float = Field(0.0, ge=0)  # shorter box side in camera pixels
-    rois: dict[
-        str, list[Box]
-    ] = {}  # camera id -> [x1, y1, x2, y2] regions; a box counts if its centre is inside
+    # camera id -> regions, each a rectangle [x1, y1, x2, y2] or a polygon [[x, y], [x, y], ...] (e.g. the
+    # container's silhouette), camera pixels; a detection counts when its box centre is inside one region
+    rois: dict[str, list[Box | list[tuple[float, float]]]] = {}
 
     @field_validator("class_thresholds")
     @classmethod
@@ -202,11 +212,13 @@ class DetectionConfig(_Strict):
 
     @field_validator("rois")
     @classmethod
-    def _boxes(cls, v: dict[str, list[Box]]) -> dict[str, list[Box]]:
-        for cam, boxes in v.items():
-            for b in boxes:
-                if not (b[2] > b[0] and b[3] > b[1]):
-                    raise ValueError(f"ROI {list(b)} of camera {cam!r} is not x1 < x2, y1 < y2")
+    def _regions(cls, v: dict) -> dict:
+        for cam, regions in v.items():
+            for r in regions:
+                if isinstance(r, tuple) and not (r[2] > r[0] and r[3] > r[1]):
+                    raise ValueError(f"ROI {list(r)} of camera {cam!r} is not x1 < x2, y1 < y2")
+                if isinstance(r, list) and len(r) < 3:
+                    raise ValueError(f"ROI polygon of camera {cam!r} needs at least 3 points, got {len(r)}")
         return v
 
 
@@ -261,6 +273,12 @@ class LineConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading
+
+    @property
+    def source(self) -> str:
+        """The line file this configuration was read from (for error messages)."""
+        return self._source or "line configuration"
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -282,6 +300,17 @@ class LineConfig(_Strict):
                 f"{len(self.cameras)} cameras but assembly.views_per_part is "
                 f"{self.assembly.views_per_part}: every view needs a camera"
             )
+        sim_sizes = {
+            (c.resolution.width, c.resolution.height)
+            for c in self.cameras
+            if c.kind == "sim" and c.resolution
+        }
+        if len(sim_sizes) > 1:
+            raise ValueError(
+                f"the simulated rig renders one image size; sim cameras ask for {sorted(sim_sizes)}"
+            )
+        if any(w < 64 or h < 64 for w, h in sim_sizes):
+            raise ValueError("the simulated rig renders images of at least 64x64 pixels")
         unknown = sorted(set(self.detection.rois) - set(ids))
         if unknown:
             raise ValueError(f"detection.rois names unknown cameras {unknown} (cameras: {ids})")
@@ -393,6 +422,8 @@ def load_line_config(path: str | os.PathLike) -> LineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
     try:
-        return LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+        config = LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as e:
         raise ConfigError(_format_errors(path, root, e)) from None
+    config._source = str(path)
+    return config

@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds
+from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePairing
 from rtvp_edge.backends import Backend, load_backend
 from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
-from rtvp_edge.messages import CameraSource, PartVerdict, ViewResult
+from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.selftest import run_golden_selftest
@@ -43,6 +43,7 @@ _SENTINEL = object()
 
 Sink = Callable[[PartVerdict], None]
 StatusSink = Callable[[str, str, str], None]  # (component, state, message)
+PartSink = Callable[[PartVerdict, tuple[Frame, ...]], None]  # (verdict, the part's frames by view)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Pipeline:
         model_info: bundle identity for logs and metrics.
         rig: the simulated rig when ``source: sim`` (for tests: ``rig.fail_camera``).
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
+        part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
+            capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Pipeline:
         model_info: dict | None = None,
         rig=None,
         plc: PlcPartIds | None = None,
+        part_sinks: Sequence[PartSink] = (),
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
@@ -93,6 +97,7 @@ class Pipeline:
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
         self.status_sinks = list(status_sinks)
+        self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
         self._wakeup = threading.Event()
         self.workers: dict[str, CameraWorker] = {}
@@ -106,6 +111,11 @@ class Pipeline:
             )  # fmt: skip
         a = config.assembly
         self.plc = plc
+        self.pairing = (
+            TimePairing(a.pairing_window_s, {c.id: c.trigger_offset_s for c in config.cameras})
+            if a.pairing == "time"
+            else None
+        )
         self.assembler = PartAssembler(
             a.views_per_part, a.timeout_s, a.part_id_format, a.max_open_parts, plc.resolve if plc else None
         )
@@ -115,6 +125,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._max_parts: int | None = None
+        self._metrics_due = threading.Event()
         self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
         self._threads: list[threading.Thread] = []
 
@@ -128,6 +139,8 @@ class Pipeline:
 
     def _camera_status(self, camera_id: str, state: str, message: str) -> None:
         self._status(f"camera/{camera_id}", state, message)
+        if state in ("BACKOFF", "STREAMING", "STOPPED"):
+            self._metrics_due.set()  # a camera failing or coming back shows on MQTT at once, not in 10 s
 
     # -- stages --------------------------------------------------------------------------------------
     def _assembler_stage(self) -> None:
@@ -137,6 +150,8 @@ class Pipeline:
                 parts: list[AssembledPart] = []
                 for w in self.workers.values():
                     while (f := w.buffer.get_nowait()) is not None:
+                        if self.pairing is not None:
+                            f = self.pairing.assign(f)
                         parts += self.assembler.add(f)
                 parts += self.assembler.poll()
                 for p in parts:
@@ -168,6 +183,11 @@ class Pipeline:
             log.exception("assembler stage failed")
             self._status("assembler", "ERROR", f"{type(e).__name__}: {e}")
             self.request_stop()
+            try:  # the parts it held still get a verdict (INCOMPLETE), never silence
+                for p in self.assembler.flush(f"assembler failed: {type(e).__name__}"):
+                    self.part_queue.put(p)
+            except Exception:
+                log.exception("assembler flush after failure failed")
         finally:
             self.part_queue.put(_SENTINEL)
 
@@ -234,9 +254,11 @@ class Pipeline:
                         log.warning("evidence for part %s not written: %s", part.part_id, e)
                         self._status("evidence", "ERROR", str(e))
                 self.metrics.count_verdict(verdict.verdict, verdict.latency_ms)
-                for sink in self.sinks:
+                for sink, with_frames in [(k, False) for k in self.sinks] + [
+                    (k, True) for k in self.part_sinks
+                ]:
                     try:
-                        sink(verdict)
+                        sink(verdict, part.frames) if with_frames else sink(verdict)
                     except Exception as e:
                         name = getattr(sink, "__qualname__", repr(sink))
                         self.metrics.sink_errors[name] += 1
@@ -356,7 +378,11 @@ class Pipeline:
                     self.request_stop()
                 if stop_event is not None and stop_event.is_set() and not self.stopping:
                     self.request_stop()
-                if now - last_metrics >= interval:
+                # periodic, and early (at most once a second) after a camera changed state
+                if now - last_metrics >= interval or (
+                    self._metrics_due.is_set() and now - last_metrics >= 1.0
+                ):
+                    self._metrics_due.clear()
                     self.publish_metrics()
                     last_metrics = now
                 if self.publisher is not None and getattr(self.publisher, "error", None) is not None:
@@ -441,11 +467,7 @@ def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
             manifest.thresholds.score,
         )
     except ValueError as e:
-        raise ConfigError(f"{config_path(config)}: {e}") from None
-
-
-def config_path(config: LineConfig) -> str:
-    return str(getattr(config, "_path", None) or "line configuration")
+        raise ConfigError(f"{config.source}: {e}") from None
 
 
 def build_pipeline(
@@ -455,6 +477,7 @@ def build_pipeline(
     status_sinks: Sequence[StatusSink] = (),
     publisher=None,
     use_mqtt: bool = True,
+    part_sinks: Sequence[PartSink] = (),
 ) -> Pipeline:
     """Build every collaborator of a line once: bundle (hash check), backend, golden self-test, policy,
     sources, evidence writer and (when ``use_mqtt``) the MQTT event publisher.
@@ -468,15 +491,18 @@ def build_pipeline(
         m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
     )
     log.info(
-        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s, golden self-test %s",
+        "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
         config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
         manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
-        f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
+        backend.describe(), f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
     )  # fmt: skip
     try:
         policy = build_policy(config, manifest)
         inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
-        sources, rig = build_sources(config)
+        try:
+            sources, rig = build_sources(config)
+        except ValueError as e:  # e.g. the rig refuses a setting the schema let through
+            raise ConfigError(f"{config.source}: cameras: {e}") from None
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
@@ -492,7 +518,18 @@ def build_pipeline(
             )
             plc.start()
         return Pipeline(
-            config, sources, inference, policy, sinks, evidence, publisher, status_sinks, info, rig, plc
+            config,
+            sources,
+            inference,
+            policy,
+            sinks,
+            evidence,
+            publisher,
+            status_sinks,
+            info,
+            rig,
+            plc,
+            part_sinks,
         )
     except BaseException:
         backend.close()

@@ -7,10 +7,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from rtvp_edge.config import DetectionConfig, VerdictConfig
-from rtvp_edge.messages import Detection, PartVerdict, ViewResult
+from rtvp_edge.messages import Detection, Frame, PartVerdict, ViewResult
+
+
+def _contour(region) -> np.ndarray:
+    """A ROI (rectangle (x1, y1, x2, y2) or polygon [(x, y), ...]) as a (K, 1, 2) float32 contour."""
+    if isinstance(region, tuple) and len(region) == 4 and not isinstance(region[0], (tuple, list)):
+        x1, y1, x2, y2 = region
+        pts = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    else:
+        pts = region
+    return np.asarray(pts, dtype=np.float32).reshape(-1, 1, 2)
 
 
 class VerdictPolicy:
@@ -52,7 +63,10 @@ class VerdictPolicy:
             [detection.class_thresholds.get(n, self.score) for n in self.class_names], dtype=np.float32
         )
         self.min_box_px = detection.min_box_px
-        self.rois = {cam: [tuple(b) for b in boxes] for cam, boxes in detection.rois.items()}
+        # every region as an OpenCV contour (K, 1, 2) float32: rectangles become 4-point polygons
+        self.rois = {
+            cam: [_contour(r) for r in regions] for cam, regions in detection.rois.items() if regions
+        }
         self.rules = verdict.rules
 
     def filter_view(self, camera_id: str, detections: Sequence[Detection]) -> tuple[Detection, ...]:
@@ -68,7 +82,7 @@ class VerdictPolicy:
                 continue
             if rois:
                 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-                if not any(r[0] <= cx <= r[2] and r[1] <= cy <= r[3] for r in rois):
+                if not any(cv2.pointPolygonTest(r, (cx, cy), False) >= 0 for r in rois):
                     continue
             out.append(d)
         return tuple(out)
@@ -128,10 +142,12 @@ class VerdictPolicy:
         )
 
 
-def verdict_record(verdict: PartVerdict) -> dict:
+def verdict_record(verdict: PartVerdict, frames: Sequence[Frame] = ()) -> dict:
     """A JSON-ready dict of a verdict with every view's detections (for ``--jsonl`` and logs; the MQTT
-    events have their own versioned schema)."""
-    return {
+    events have their own versioned schema). With the part's ``frames`` from the simulated rig, each view
+    also carries the rig's ``ground_truth`` (class, box, clear) to compare detections against."""
+    truth = {f.view_index: f.ground_truth for f in frames if f.ground_truth is not None}
+    record = {
         "part_id": verdict.part_id,
         "trigger_seq": verdict.trigger_seq,
         "verdict": verdict.verdict,
@@ -158,3 +174,16 @@ def verdict_record(verdict: PartVerdict) -> dict:
             for v in verdict.views
         ],
     }
+    for view in record["views"]:
+        gts = truth.get(view["view_index"])
+        if gts is not None:
+            view["ground_truth"] = [
+                {
+                    "class_name": g.class_name,
+                    "box": [round(c, 1) for c in g.box],
+                    "clear": g.clear,
+                    "defect_id": g.defect_id,
+                }
+                for g in gts
+            ]
+    return record

@@ -111,3 +111,34 @@ def test_max_parts_accepts_only_the_first_triggers():
     for f in [frame(0, 0), frame(1, 0), frame(2, 0), frame(0, 1), frame(1, 1), frame(2, 1)]:
         out += a.add(f)
     assert [p.trigger_seq for p in out] == [0, 1] and a.open_parts == 0 and a.stats.ignored_frames == 2
+
+
+def test_time_pairing_survives_a_lost_frame():
+    """Free-running cameras: B loses the frame of part 2; pairing by capture time keeps every later view
+    in its own part (pairing by frame numbers would shift B by one part from there on)."""
+    import random
+
+    from rtvp_edge.assembler import TimePairing
+
+    rng = random.Random(0)
+    period, offsets = 0.5, {"A": 0.0, "B": 0.0, "R": 0.25}  # R shoots after the turn
+    frames = []
+    for k in range(8):
+        for view, cam in enumerate(("A", "B", "R")):
+            if cam == "B" and k == 2:
+                continue
+            t = 10.0 + k * period + offsets[cam] + rng.uniform(-0.02, 0.02)
+            frames.append(Frame(cam, view, -1, t, IMG, part_id=f"P{k}", monotonic=t))
+    # each camera's frames in order, cameras interleaved as the assembler drains them
+    frames.sort(key=lambda f: (f.monotonic // 1.0, f.camera_id))
+    pairing = TimePairing(window_s=0.1, offsets_s=offsets)
+    a = PartAssembler(n_views=3, timeout_s=5.0, clock=Clock())
+    parts = []
+    for f in frames:
+        parts += a.add(pairing.assign(f))
+    parts += a.flush("end")
+    assert len(parts) == 8
+    for p in parts:
+        assert len({f.part_id for f in p.frames}) == 1  # never views of two containers in one part
+    incomplete = [p for p in parts if p.missing_views]
+    assert [(p.frames[0].part_id, p.missing_views) for p in incomplete] == [("P2", (1,))]

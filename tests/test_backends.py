@@ -108,7 +108,12 @@ def golden_image(h: int = 120, w: int = 100) -> np.ndarray:
 
 
 def make_toy_bundle(
-    root: Path, size: int = 64, batch: int | None = None, openvino_ir: bool = True, golden: bool = True
+    root: Path,
+    size: int = 64,
+    batch: int | None = None,
+    openvino_ir: bool = True,
+    golden: bool = True,
+    ov_properties: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete, verifiable bundle under ``root`` and return it."""
     import openvino as ov
@@ -119,7 +124,14 @@ def make_toy_bundle(
     if openvino_ir:
         (root / "openvino").mkdir(exist_ok=True)
         ov.save_model(ov.convert_model(str(root / "model.onnx")), str(root / "openvino" / "model.xml"), False)
-        artifacts.append(Artifact(backend="openvino", path="openvino/model.xml", precision="fp32"))
+        artifacts.append(
+            Artifact(
+                backend="openvino",
+                path="openvino/model.xml",
+                precision="fp32",
+                properties=ov_properties or {},
+            )
+        )
     emb = np.eye(len(TOY_CLASSES), 4, dtype=np.float32)
     np.save(root / "text_embeddings.npy", emb)
     pre = PreprocessInfo(input_size=(size, size), pad_value=255)  # white padding: no "black spot" there
@@ -236,6 +248,13 @@ def test_selftest_without_golden_samples_is_refused(tmp_path):
         run_golden_selftest(root, m, load_backend("onnxruntime", root, m, "CPU", 1))
 
 
+@pytest.mark.parametrize("hint", ["f32", "bf16"])
+def test_openvino_compiles_with_the_artifact_properties(tmp_path, hint):
+    root = make_toy_bundle(tmp_path / "b", golden=False, ov_properties={"INFERENCE_PRECISION_HINT": hint})
+    b = load_backend("openvino", root, load_manifest(root), "CPU", 1)
+    assert b.describe()["precision_hint"] == hint
+
+
 def test_unknown_backend_and_missing_artifact(tmp_path):
     root = make_toy_bundle(tmp_path / "b", openvino_ir=False, golden=False)
     m = load_manifest(root)
@@ -274,7 +293,9 @@ def test_tensorrt_matches_onnxruntime(toy_bundle, tmp_path, monkeypatch):
     trt_b = load_backend("tensorrt", toy_bundle, m, "0")
     x = _batch(6)
     np.testing.assert_allclose(
-        trt_b.infer(x)[1], load_backend("onnxruntime", toy_bundle, m).infer(x)[1], atol=1e-3
+        trt_b.infer(x)[1],
+        load_backend("onnxruntime", toy_bundle, m).infer(x)[1],
+        atol=2e-2,  # an FP16 engine (no tensorrt artifact in the toy bundle)
     )
     assert list((tmp_path / "tensorrt").glob("*.engine")), "the engine is cached for the next start"
     trt_b.close()

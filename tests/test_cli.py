@@ -52,6 +52,12 @@ def test_run_parts_with_the_embedded_broker(tmp_path, bundle):
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["part_id"] for x in records] == ["C000000", "C000001", "C000002"]
     assert "done: 3 parts" in r.stderr and "Traceback" not in r.stderr
+    # per-view detections and the rig's ground truth side by side (for detection-vs-truth checks)
+    for rec in records:
+        assert [v["camera_id"] for v in rec["views"]] == ["L1", "L2", "L3", "R1", "R2", "R3"]
+        assert all("ground_truth" in v and "detections" in v for v in rec["views"])
+    truth = [g for rec in records for v in rec["views"] for g in v["ground_truth"]]
+    assert truth and all(len(g["box"]) == 4 and g["class_name"] for g in truth)
     # the live line (printed as full lines when not on a terminal)
     assert "OK " in r.stderr and "broker " in r.stderr
 

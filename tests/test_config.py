@@ -190,3 +190,25 @@ def test_cli_check_ok(tmp_path, bundle):
     )
     assert r.returncode == 0, r.stderr
     assert "golden self-test passed" in r.stdout
+
+
+def test_class_unknown_to_the_bundle_is_a_config_error(tmp_path, bundle):
+    text = LINE.format(bundle=bundle) + "detection:\n  class_thresholds: {bubbel: 0.5}\n"
+    p = write(tmp_path, text)
+    r = subprocess.run(
+        [sys.executable, "-m", "rtvp_edge", "check", "--line", str(p)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{p}: detection.class_thresholds: class 'bubbel' is not in the bundle's vocabulary" in r.stderr
+
+
+def test_sim_cameras_share_one_resolution(tmp_path, bundle):
+    text = (
+        LINE.format(bundle=bundle)
+        .replace("    view: 1\n", "    view: 1\n    resolution: {width: 640, height: 480}\n")
+        .replace("    view: 0\n", "    view: 0\n    resolution: {width: 700, height: 820}\n")
+    )
+    assert "renders one image size" in error_of(write(tmp_path, text))

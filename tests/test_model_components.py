@@ -11,7 +11,7 @@ import torch
 from training.model import ModelConfig, build_model
 from training.model.domain_projection import random_patch_mask
 from training.model.head import dfl_decode, make_anchors
-from training.model.interaction import max_sigmoid_attention
+from training.model.interaction import VisualTextUpdate, max_sigmoid_attention
 from training.model.loss import DetectionLoss, TaskAlignedAssigner, dfl_loss, pad_targets
 from training.model.visual_prompt import (
     RefinedVisualPrompt,
@@ -48,6 +48,27 @@ def test_max_sigmoid_attention_matches_loops():
                     dots = [float(embed[i, m, :, y, x] @ guide[i, k, m]) for k in range(c)]
                     ref[i, m, y, x] = 1 / (1 + math.exp(-(max(dots) / math.sqrt(hc) + float(bias[m]))))
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_visual_text_update_matches_hand_computation():
+    torch.manual_seed(0)
+    e = 4  # image channels = embedding width = text width, so every projection can be the identity
+    vt = VisualTextUpdate([e, e], text_dim=e, embed=e, scale_init=1.0)
+    with torch.no_grad():
+        for lin in [*vt.embed, vt.query, vt.out]:
+            lin.weight.copy_(torch.eye(e).view_as(lin.weight))
+            lin.bias.zero_()
+    feats = [torch.randn(1, e, 2, 2), torch.randn(1, e, 1, 1)]
+    text = torch.randn(1, 3, e)
+    pixels = torch.cat([f.flatten(2) for f in feats], 2)[0].T  # (5 positions, e)
+    expected = text.clone()
+    for c in range(3):
+        sims = [
+            float(torch.nn.functional.cosine_similarity(text[0, c], p, dim=0)) * math.sqrt(e) for p in pixels
+        ]
+        weights = torch.softmax(torch.tensor(sims), 0)  # similarity weights over all pixels of all levels
+        expected[0, c] += (weights[:, None] * pixels).sum(0)
+    assert torch.allclose(vt(feats, text), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,14 @@ def exported(tmp_path_factory):
             opset_version=17,
             input_names=["images", "text_embeds"],
             output_names=["boxes", "scores"],
-            # The vocabulary size stays free so a line can swap/extend its embeddings without re-export.
-            dynamic_axes={"text_embeds": {0: "classes"}, "scores": {2: "classes"}},
+            # Batch and vocabulary size stay free: the runtime batches views, and a line can swap or
+            # extend its embeddings without re-export.
+            dynamic_axes={
+                "images": {0: "batch"},
+                "text_embeds": {0: "classes"},
+                "boxes": {0: "batch"},
+                "scores": {0: "batch", 2: "classes"},
+            },
             dynamo=False,
         )
     with torch.no_grad():
@@ -62,12 +68,15 @@ def test_onnxruntime_matches_pytorch(exported):
     ob, os_ = sess.run(None, {"images": images.numpy(), "text_embeds": text.numpy()})
     np.testing.assert_allclose(ob, boxes.numpy(), atol=1e-3, rtol=1e-4)
     np.testing.assert_allclose(os_, scores.numpy(), atol=1e-5)
-    # Another vocabulary size through the same graph.
+    # Another batch and vocabulary size through the same graph.
+    images3 = torch.randn(3, 3, IMG, IMG)
     text5 = torch.nn.functional.normalize(torch.randn(5, 512), dim=-1)
-    _, s5 = sess.run(None, {"images": images.numpy(), "text_embeds": text5.numpy()})
+    b5, s5 = sess.run(None, {"images": images3.numpy(), "text_embeds": text5.numpy()})
     with torch.no_grad():
-        _, ref5 = model.forward_inference(images, text5)
-    np.testing.assert_allclose(s5, ref5.numpy(), atol=1e-5)
+        ref_b5, ref_s5 = model.forward_inference(images3, text5)
+    assert s5.shape == (3, ref_s5.shape[1], 5)
+    np.testing.assert_allclose(b5, ref_b5.numpy(), atol=1e-2, rtol=1e-4)
+    np.testing.assert_allclose(s5, ref_s5.numpy(), atol=1e-5)
 
 
 def test_openvino_matches_pytorch(exported):

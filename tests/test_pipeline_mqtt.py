@@ -69,7 +69,14 @@ class Collector:
 
 
 def rig_line(
-    tmp_path: Path, bundle: Path, port: int, n: int, timeout_s: float = 1.0, realtime=False, rate: float = 4
+    tmp_path: Path,
+    bundle: Path,
+    port: int,
+    n: int,
+    timeout_s: float = 1.0,
+    realtime=False,
+    rate: float = 4,
+    metrics_s: float = 0.5,
 ) -> Path:
     cams = "\n".join(
         f"  - {{id: {c}, source: sim, bank: {'left' if v < 3 else 'right'}, view: {v}, "
@@ -90,7 +97,7 @@ mqtt:
   broker: external
   host: 127.0.0.1
   port: {port}
-  metrics_interval_s: 0.5
+  metrics_interval_s: {metrics_s}
   outbox: {{path: {tmp_path / "outbox.sqlite"}}}
 evidence: {{dir: {tmp_path / "evidence"}}}
 """
@@ -137,7 +144,9 @@ def test_sim_rig_every_part_one_verdict_on_the_broker(tmp_path, bundle, mosquitt
 
 def test_rig_camera_dying_mid_run_makes_its_parts_incomplete(tmp_path, bundle, mosquitto):
     n = 6
-    cfg = load_line_config(rig_line(tmp_path, bundle, mosquitto.port, n, timeout_s=0.8))
+    # metrics every 60 s: a metrics event during the run can only be the early one a camera failure triggers
+    line = rig_line(tmp_path, bundle, mosquitto.port, n, timeout_s=0.8, realtime=True, rate=3, metrics_s=60)
+    cfg = load_line_config(line)
     sub = Collector(mosquitto.host, mosquitto.port, ROOT_TOPIC)
     p = build_pipeline(cfg)
     p.rig.fail_camera("R2", after_parts=2)  # R2 delivers containers 0 and 1, then stops answering
@@ -158,6 +167,8 @@ def test_rig_camera_dying_mid_run_makes_its_parts_incomplete(tmp_path, bundle, m
             assert [x["camera_id"] for x in v["views"]] == ["L1", "L2", "L3", "R1", "R3"]  # others judged
     assert p.workers["R2"].stats.reconnects >= 1
     assert p.workers["L1"].stats.frames == n
+    reported = [m for m in sub.of("metrics") if json.dumps(m).count('"BACKOFF"')]
+    assert reported, "the failing camera was reported on MQTT before the run ended"
 
 
 def test_part_ids_from_the_plc(tmp_path, bundle, mosquitto):

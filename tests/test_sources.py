@@ -183,3 +183,54 @@ def test_overflow_block_waits_for_space_and_stops():
     b.put(f(2))
     stop.set()
     assert b.put(f(3), stop) is False and b.dropped == 1  # a stopping camera does not hang
+
+
+class ListCamera(CameraSource):
+    """Delivers the given images once, then ends."""
+
+    def __init__(self, images) -> None:
+        self.camera_id, self.images, self.n = "M1", list(images), 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self, timeout: float) -> Frame | None:
+        from rtvp_edge.messages import EndOfStream
+
+        if self.n >= len(self.images):
+            raise EndOfStream
+        self.n += 1
+        return Frame("M1", 0, self.n - 1, time.time(), self.images[self.n - 1])
+
+    def close(self) -> None:
+        pass
+
+
+def test_mono_and_bgra_frames_are_converted_16_bit_skipped():
+    mono = np.full((24, 20), 77, np.uint8)
+    images = [
+        mono,
+        mono[:, :, None],
+        np.full((24, 20, 4), 9, np.uint8),
+        np.zeros((24, 20), np.uint16),
+        image(5),
+    ]
+    buf = FrameBuffer(10, "block")
+    w = CameraWorker(ListCamera(images), 0, buf, resolution=(24, 20))
+    w.start()
+    w.join(10)
+    got = drain(buf)
+    assert [f.trigger_seq for f in got] == [0, 1, 2, 4]
+    assert all(f.image.shape == (24, 20, 3) and f.image.dtype == np.uint8 for f in got)
+    assert int(got[0].image[0, 0, 2]) == 77 and int(got[2].image[0, 0, 0]) == 9
+    assert w.stats.corrupt == 1  # the 16-bit frame: counted, skipped
+
+
+def test_gstreamer_source_without_gstreamer_support_says_why():
+    from rtvp_edge.sources.opencv import opencv_has_gstreamer
+
+    if opencv_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer: the hint is not shown")
+    src = OpenCVCamera("G1", 0, "videotestsrc num-buffers=1 ! videoconvert ! appsink", "gstreamer")
+    with pytest.raises(CameraError, match="built without GStreamer"):
+        src.open()

@@ -77,3 +77,12 @@ def test_unknown_class_names_are_refused():
         policy(class_thresholds={"bubbel": 0.5})
     with pytest.raises(ValueError, match=r"verdict.rules.0.class: class 'crack'"):
         policy(rules=[{"class": "crack"}])
+
+
+def test_polygon_roi():
+    # a triangle: (0,0) (100,0) (0,100); box centres at (20,20) inside, (70,70) outside
+    p = policy(rois={"A": [[(0, 0), (100, 0), (0, 100)]]})
+    kept = p.filter_view("A", [det("oil", 0.5, (10, 10, 30, 30)), det("oil", 0.5, (60, 60, 80, 80))])
+    assert [d.box for d in kept] == [(10, 10, 30, 30)]
+    with pytest.raises(ValueError, match="at least 3 points"):
+        policy(rois={"A": [[(0, 0), (1, 1)]]})

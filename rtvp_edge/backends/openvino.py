@@ -25,13 +25,21 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         self.manifest = manifest
-        try:
+        if any(a.backend == "openvino" for a in manifest.artifacts):
+            art = manifest.artifact("openvino")
             path = artifact_path(bundle_dir, manifest, "openvino")
-        except BundleError:
-            # OpenVINO reads ONNX directly; a bundle without an IR still runs (after a slower compile).
+            # Compile exactly as export measured it: e.g. INFERENCE_PRECISION_HINT (a CPU with bf16 support
+            # otherwise runs an FP32 IR in bf16, and the golden outputs would not match).
+            config: dict = dict(art.properties)
+        else:
+            # OpenVINO reads ONNX directly; a bundle without an IR still runs (after a slower compile),
+            # in f32 like the ONNX Runtime it was verified with.
+            art = manifest.artifact("onnxruntime")
             path = artifact_path(bundle_dir, manifest, "onnxruntime")
+            config = dict(art.properties) or (
+                {"INFERENCE_PRECISION_HINT": "f32"} if art.precision == "fp32" else {}
+            )
         core = ov.Core()
-        config: dict = {}
         if threads and device.upper().startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -49,6 +57,7 @@ class OpenVINOBackend(Backend):
         self._queue = ov.AsyncInferQueue(self.compiled, self.infer_requests)
         self._queue.set_callback(self._done)
         self.device = device
+        self.properties = config
 
     def _feeds(self, batch: np.ndarray, embeddings: np.ndarray | None) -> dict:
         io = self.manifest.io
@@ -97,4 +106,10 @@ class OpenVINOBackend(Backend):
         self.wait_all()
 
     def describe(self) -> dict:
-        return {**super().describe(), "device": self.device, "infer_requests": self.infer_requests}
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. f32 / bf16
+        return {
+            **super().describe(),
+            "device": self.device,
+            "infer_requests": self.infer_requests,
+            "precision_hint": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
+        }

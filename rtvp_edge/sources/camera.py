@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from rtvp_edge.messages import CameraSource, EndOfStream, Frame
@@ -176,11 +177,21 @@ class CameraWorker:
             except Exception:  # a failing status sink must not kill the camera
                 log.exception("camera %s: status callback failed", self.camera_id)
 
-    def _valid(self, frame: Frame) -> bool:
+    def _normalise(self, frame: Frame) -> Frame | None:
+        """The frame as (H, W, 3) uint8 BGR, or None (counted) when it is corrupt or of the wrong size.
+        Mono cameras (H, W) / (H, W, 1) and BGRA frames are converted: the model takes 3 channels."""
         img = frame.image
+        if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.size:
+            if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+            elif img.ndim == 3 and img.shape[2] == 4:
+                img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             self.stats.corrupt += 1
-            return False
+            if self.stats.corrupt in (1, 10, 100) or self.stats.corrupt % 1000 == 0:
+                what = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+                log.warning("camera %s: frame %s is not 8-bit mono/BGR; skipped", self.camera_id, what)
+            return None
         if self.resolution is not None and img.shape[:2] != self.resolution:
             self.stats.wrong_size += 1
             if self.stats.wrong_size in (1, 10, 100) or self.stats.wrong_size % 1000 == 0:
@@ -189,8 +200,8 @@ class CameraWorker:
                     self.camera_id, img.shape[1], img.shape[0], self.resolution[1], self.resolution[0],
                     self.stats.wrong_size,
                 )  # fmt: skip
-            return False
-        return True
+            return None
+        return frame if img is frame.image else dataclasses.replace(frame, image=img)
 
     def _run(self) -> None:
         delay = self.reconnect_initial_s
@@ -225,7 +236,8 @@ class CameraWorker:
                     if frame is None:
                         continue
                     delay = self.reconnect_initial_s  # a frame arrived: the camera is healthy again
-                    if not self._valid(frame):
+                    frame = self._normalise(frame)
+                    if frame is None:
                         continue
                     if frame.view_index != self.view_index:
                         frame = dataclasses.replace(frame, view_index=self.view_index)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import cv2
 
 from rtvp_edge.messages import CameraError, CameraSource, Frame
+
+
+def opencv_has_gstreamer() -> bool:
+    """Whether this OpenCV build can open GStreamer pipelines (the pip wheels cannot)."""
+    return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
 
 
 class OpenCVCamera(CameraSource):
@@ -51,7 +57,15 @@ class OpenCVCamera(CameraSource):
             cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise CameraError(f"camera {self.camera_id}: cannot open {self.kind} source {self.target!r}")
+            hint = ""
+            if self.kind == "gstreamer" and not opencv_has_gstreamer():
+                hint = (
+                    " (this OpenCV is built without GStreamer, e.g. the opencv-python-headless wheel: install an "
+                    "OpenCV with GStreamer support, such as the distribution's python3-opencv)"
+                )
+            raise CameraError(
+                f"camera {self.camera_id}: cannot open {self.kind} source {self.target!r}{hint}"
+            )
         if self.kind == "usb" and self.resolution is not None:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.resolution[0])
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.resolution[1])

@@ -143,19 +143,32 @@ class SamImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The TinyViT modules are run one by one (not TinyViT.forward_features) to (a) derive the token
+        # grid from img_size instead of the hard-coded 64x64 and (b) always hand PatchMerging a 4-D
+        # tensor: its 3-D path takes the batch size from len(x), which ONNX tracing freezes to a
+        # constant and which would break a dynamic batch axis.
         vit = self.vit
         if images.shape[-2:] != (self.img_size, self.img_size):
             images = F.interpolate(
                 images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
             )
         b = images.shape[0]
+
+        def grid(tokens: torch.Tensor, res: tuple[int, int]) -> torch.Tensor:
+            return tokens.transpose(1, 2).reshape(b, -1, res[0], res[1])  # (B, L, C) -> (B, C, H, W)
+
         x = vit.patch_embed(images)  # (B, 64, S/4, S/4)
-        x = vit.layers[0](x)  # tokens (B, (S/8)^2, 128)
-        g8 = self.img_size // 8
-        s8 = x.transpose(1, 2).reshape(b, -1, g8, g8)
-        x = vit.layers[1](x)  # (B, (S/16)^2, 160)
-        s16 = x.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
-        for layer in vit.layers[2:]:
-            x = layer(x)  # (B, (S/16)^2, 320)
-        x = x.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
-        return {"s8": s8, "s16": s16, "neck": vit.neck(x)}
+        feats = {}
+        for i, layer in enumerate(vit.layers):
+            for block in layer.blocks:
+                x = block(x)
+            if layer.downsample is not None:
+                if x.ndim == 3:
+                    x = grid(x, layer.input_resolution)
+                x = layer.downsample(x)  # tokens (B, L', C')
+            if i == 0:
+                feats["s8"] = grid(x, (self.img_size // 8, self.img_size // 8))  # (B, 128, S/8, S/8)
+            elif i == 1:
+                feats["s16"] = grid(x, (self.grid, self.grid))  # (B, 160, S/16, S/16)
+        feats["neck"] = vit.neck(grid(x, (self.grid, self.grid)))  # (B, 256, S/16, S/16)
+        return feats
