@@ -63,6 +63,9 @@ def run_rtvpnet(name: str, root: Path, out: Path, args, protocol: str, extra: di
         "output.overwrite": True,
     }  # fmt: skip
     overrides.update(extra)
+    for item in args.set:  # applied to every row, after the row's own switches
+        k, _, v = item.partition("=")
+        overrides[k] = v
     cfg = load_config(args.config or None, [f"{k}={json.dumps(v) if isinstance(v, bool) else v}"
                                             for k, v in overrides.items()])  # fmt: skip
     t0 = time.perf_counter()
@@ -150,6 +153,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-encoder", default="minilm", help="open-protocol text encoder")
     p.add_argument("--closed-text-encoder", default="minilm")
+    p.add_argument("--set", nargs="*", default=[], help="key=value overrides applied to every RTVPNet row")
     p.add_argument("--rows", nargs="+", default=["closed", "open", "ablation", "yolo"])
     p.add_argument("--ablation-rows", nargs="+", default=list(ABLATION))
     p.add_argument("--json", default="benchmarks/results/accuracy_glass.json")

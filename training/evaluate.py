@@ -307,3 +307,7 @@ def _main(args: argparse.Namespace) -> int:
 def summarize(result: dict) -> dict[str, float]:
     """Flat ``{metric: value}`` of an evaluation (None for metrics without ground truth -> NaN)."""
     return {k: (float("nan") if v is None else float(v)) for k, v in result["metrics"].items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

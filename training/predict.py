@@ -178,3 +178,7 @@ def _main(args: argparse.Namespace) -> int:
     (out / "predictions.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {len(records)} annotated image(s) and {out / 'predictions.json'}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,6 +100,8 @@ def select_classes(cfg: TrainConfig, train_split: Any, val_split: Any | None) ->
         )
     if cfg.protocol == "closed":
         train = list(cfg.data.train_classes) or train_names
+        if val_split is None:
+            return train, train
         return train, list(cfg.data.eval_classes) or [c for c in train if c in val_names]
     if cfg.data.train_classes:
         train = list(cfg.data.train_classes)
@@ -234,7 +236,7 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
 
     text_embeds, identity = _embed(cfg, [v["prompt"] for v in vocabulary], info, build_text_encoder)
     val_embeds = None
-    if eval_classes != train_classes:
+    if val_split is not None and eval_classes != train_classes:
         val_embeds, _ = _embed(cfg, [prompts_of[c] for c in eval_classes], info, build_text_encoder)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and for every launch
