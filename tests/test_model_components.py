@@ -265,3 +265,21 @@ def test_mask_ratio_and_patch_reach_the_modules():
     torch.manual_seed(0)
     c, loss = model.projection(sam, e)
     assert loss is not None and not torch.allclose(a[0], c[0])
+
+
+def test_rvp_loss_has_finite_gradients_when_an_image_has_no_box():
+    """Regression: padded all-zero targets made CIoU's aspect-term gradient NaN (found training on the rig)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(variant="rtvpnet_tiny", img_size=160, sam_img_size=64, rvp=True))
+    model.train()
+    targets = {
+        "batch_idx": torch.tensor([0, 0, 0]),  # image 1 has no box: its targets are all padding
+        "cls": torch.tensor([0, 1, 2]),
+        "boxes": torch.tensor([[10.0, 10, 40, 30], [60, 60, 90, 100], [100, 20, 130, 50]]),
+    }
+    emb = torch.nn.functional.normalize(torch.randn(3, 512), dim=-1)
+    losses = model.forward_training(torch.randn(2, 3, 160, 160), targets, emb)
+    losses["loss"].backward()
+    assert float(losses["loss_rvp"]) > 0
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []

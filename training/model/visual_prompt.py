@@ -137,6 +137,12 @@ def rvp_box_loss(
             idx = area.argmin(-1)  # (B, HW) smallest containing box
             target = torch.gather(gt_boxes, 1, idx.unsqueeze(-1).expand(-1, -1, 4))
             has = inside.any(-1)
+            # Positions inside no box (and padded all-zero targets) get a valid stand-in box around the
+            # position: CIoU's aspect term has an undefined gradient on degenerate boxes, and a NaN gradient
+            # survives multiplication by the 0/1 mask. The stand-in's loss is masked out below.
+            c = centers[:, :, 0].expand(b, -1, -1)  # (B, HW, 2)
+            standin = torch.cat([c - stride, c + stride], -1)
+            target = torch.where(has.unsqueeze(-1), target, standin)
             ciou = complete_box_iou_loss(pred.reshape(-1, 4), target.reshape(-1, 4), reduction="none").view(
                 b, -1
             )
