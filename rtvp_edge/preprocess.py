@@ -80,16 +80,20 @@ def preprocess(images_bgr: list[np.ndarray], spec: PreprocessSpec) -> tuple[np.n
     """
     batch = np.empty((len(images_bgr), 3, *spec.input_size), dtype=np.float32)
     boxes: list[Letterbox] = []
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
-    inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+    # The input is uint8, so scaling and normalisation are a 256-entry lookup table per channel: one
+    # gather per plane instead of several float passes over a strided (reversed, transposed) view.
+    lut = (
+        np.arange(256, dtype=np.float32)[None, :] / 255.0 - np.asarray(spec.mean, np.float32)[:, None]
+    ) / np.asarray(spec.std, np.float32)[:, None]  # (3, 256), in model channel order
     for i, img in enumerate(images_bgr):
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {img.shape} dtype {img.dtype}")
         lb_img, lb = letterbox(img, spec.input_size, spec.pad_value)
+        planes = cv2.split(lb_img)  # B, G, R contiguous planes
         if spec.color == "RGB":
-            lb_img = lb_img[:, :, ::-1]
-        chw = lb_img.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
-        batch[i] = (chw - mean) * inv_std
+            planes = planes[::-1]
+        for c in range(3):
+            np.take(lut[c], planes[c], out=batch[i, c])
         boxes.append(lb)
     return batch, boxes
 

@@ -32,3 +32,15 @@ def test_preprocess_normalises_in_rgb_order():
     np.testing.assert_allclose(batch[0, 2], -1.0)
     with pytest.raises(ValueError, match="uint8"):
         preprocess([img.astype(np.float32)], spec)
+
+
+def test_lookup_table_normalisation_matches_float_formula():
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (82, 70, 3), dtype=np.uint8) for _ in range(2)]
+    spec = PreprocessSpec(input_size=(64, 48), mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
+    batch, _ = preprocess(imgs, spec)
+    for b, img in zip(batch, imgs, strict=True):
+        lb_img, _ = letterbox(img, spec.input_size, spec.pad_value)
+        x = lb_img[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
+        ref = (x - np.float32(spec.mean).reshape(3, 1, 1)) / np.float32(spec.std).reshape(3, 1, 1)
+        np.testing.assert_allclose(b, ref, atol=1e-6)
