@@ -43,11 +43,18 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
             f"{bundle_dir}: the bundle has no golden samples, the start-up self-test cannot run "
             "(re-export it, or set model.selftest: false in the line file to accept the risk)"
         )
+    samples = manifest.golden_for(backend.name)
+    if not samples:
+        recorded = ", ".join(sorted({g.backend or "any" for g in manifest.golden}))
+        raise BundleError(
+            f"{bundle_dir}: the golden outputs were recorded for {recorded}, not {backend.name}: the self-test "
+            f"cannot check this backend (run the bundle on {recorded}, or re-export it for {backend.name})"
+        )
     names = [c.name for c in manifest.vocabulary.classes]
     spec = manifest.preprocess.spec()
     thr = manifest.thresholds
     emb = load_embeddings(bundle_dir, manifest)
-    for g in manifest.golden:
+    for g in samples:
         path = Path(bundle_dir) / g.image
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:

@@ -85,3 +85,18 @@ def test_schema_error_names_the_field(tmp_path):
     (root / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="thresholds.score"):
         load_manifest(root, verify=False)
+
+
+def test_selftest_refuses_a_backend_the_golden_outputs_were_not_recorded_for(tmp_path):
+    from types import SimpleNamespace
+
+    from rtvp_edge.bundle import GoldenSample
+    from rtvp_edge.selftest import run_golden_selftest
+
+    root = _bundle(tmp_path)
+    m = load_manifest(root).model_copy(
+        update={"golden": [GoldenSample(image="golden/0.png", detections=[], backend="openvino")]}
+    )
+    assert len(m.golden_for("openvino")) == 1 and m.golden_for("onnxruntime") == []
+    with pytest.raises(BundleError, match="recorded for openvino, not onnxruntime"):
+        run_golden_selftest(root, m, SimpleNamespace(name="onnxruntime"))
