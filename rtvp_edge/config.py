@@ -132,6 +132,7 @@ class SimConfig(_Strict):
     seed: int = Field(0, ge=0)
     line_rate_hz: float = Field(2.0, gt=0)  # containers per second through the gate
     defect_free_share: float | None = Field(None, ge=0, le=1)  # None: the rig's default
+    defect_size_scale: float | None = Field(None, gt=0)  # None: the rig's default (1.0)
     n_containers: int | None = Field(None, ge=1)  # a finite run (None: endless, like a real line)
     realtime: bool = True  # False: frames as fast as the pipeline takes them (benchmarks)
 

@@ -20,6 +20,8 @@ def build_sim_rig(sim: SimConfig, cameras: list[CameraConfig]):
     kwargs: dict = {"seed": sim.seed}
     if sim.defect_free_share is not None:
         kwargs["defect_free_share"] = sim.defect_free_share
+    if sim.defect_size_scale is not None:
+        kwargs["defect_size_scale"] = sim.defect_size_scale
     sizes = {(c.resolution.height, c.resolution.width) for c in cameras if c.resolution}
     if len(sizes) > 1:
         raise ValueError(f"sim cameras must share one resolution, got {sorted(sizes)}")
