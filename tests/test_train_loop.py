@@ -130,7 +130,7 @@ def test_existing_run_is_not_overwritten(shapes, tmp_path):
 
 def test_open_protocol_trains_on_seen_and_evaluates_unseen(shapes, tmp_path):
     run = train(shapes, tmp_path, name="open", protocol="open", **{
-        "data.train_classes": "[red,green]", "data.eval_classes": "[blue]", "schedule.epochs": 1})  # fmt: skip
+        "data.train_classes": "[red,green]", "data.eval_classes": "[blue]", "schedule.epochs": 1, "output.progress": "true"})  # fmt: skip
     ckpt = load_checkpoint(run / "last.pt")
     assert [v["name"] for v in ckpt["vocabulary"]] == [
         "red",
