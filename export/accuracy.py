@@ -67,7 +67,12 @@ def load_eval_set(root: str | os.PathLike, split: str = "val", max_images: int |
 
 
 def predict(
-    runner: Runner, eval_set: EvalSet, spec: PreprocessSpec, class_names: list[str], desc: str = "evaluate"
+    runner: Runner,
+    eval_set: EvalSet,
+    spec: PreprocessSpec,
+    class_names: list[str],
+    desc: str = "evaluate",
+    progress: bool = True,
 ) -> list[list]:
     """Decoded detections (camera pixels) of every held-out image, in order.
 
@@ -77,7 +82,7 @@ def predict(
     size = max(1, int(getattr(runner, "fixed_batch", 1) or 1))
     out = []
     records = eval_set.images
-    with tqdm(total=len(records), desc=desc, unit="img", leave=False) as bar:
+    with tqdm(total=len(records), desc=desc, unit="img", leave=False, disable=not progress) as bar:
         for start in range(0, len(records), size):
             images = []
             for rec in records[start : start + size]:
@@ -140,7 +145,12 @@ def coco_metrics(eval_set: EvalSet, detections: list[list], class_names: list[st
 
 
 def evaluate(
-    runner: Runner, eval_set: EvalSet, spec: PreprocessSpec, class_names: list[str], desc: str = "evaluate"
+    runner: Runner,
+    eval_set: EvalSet,
+    spec: PreprocessSpec,
+    class_names: list[str],
+    desc: str = "evaluate",
+    progress: bool = True,
 ) -> dict[str, float]:
     """COCO metrics (points) of one artifact on the held-out images."""
-    return coco_metrics(eval_set, predict(runner, eval_set, spec, class_names, desc), class_names)
+    return coco_metrics(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)

@@ -412,9 +412,16 @@ def export_bundle(
 
             accuracy = None
             if options.int8 and eval_set is not None:
-                fp32 = evaluate(ort_fp32, eval_set, spec, class_names, desc="evaluate fp32")
+                fp32 = evaluate(
+                    ort_fp32, eval_set, spec, class_names, desc="evaluate fp32", progress=options.progress
+                )
                 q = evaluate(
-                    int8_runner or runners[primary], eval_set, spec, class_names, desc="evaluate int8"
+                    int8_runner or runners[primary],
+                    eval_set,
+                    spec,
+                    class_names,
+                    desc="evaluate int8",
+                    progress=options.progress,
                 )
                 accuracy = AccuracyInfo(
                     dataset=eval_set.describe(),
