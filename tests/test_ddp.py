@@ -68,6 +68,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     two = tmp_path / "two"
     a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
     assert b["trainer"]["world_size"] == 2 and a["trainer"]["step"] == b["trainer"]["step"] == 8
+    # each process's random state is kept for an exact DDP resume; the processes draw differently
+    assert len(b["rng_per_rank"]) == 2 and "rng_per_rank" not in a
+    assert not torch.equal(b["rng_per_rank"][0]["torch"], b["rng_per_rank"][1]["torch"])
     for key, va in a["model"].items():
         torch.testing.assert_close(b["model"][key], va, rtol=1e-4, atol=1e-5, msg=key)
     rows_a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]

@@ -48,7 +48,9 @@ def _spec():
 
 
 def test_training_raises_ap_far_above_untrained(shapes, tmp_path):
-    run = train(shapes, tmp_path, name="learn", **{"schedule.epochs": 8, "eval.every": 4})
+    run = train(
+        shapes, tmp_path, name="learn", **{"schedule.epochs": 8, "eval.every": 4, "output.plots": "true"}
+    )
     model, info = build_from_checkpoint(
         run / "last.pt", model_config_cls=DoubleConfig, build_model=build_double
     )
@@ -66,6 +68,7 @@ def test_training_raises_ap_far_above_untrained(shapes, tmp_path):
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]
     assert abs(rows[7]["val/AP50"] - trained) < 1e-6  # the logged metric is the EMA model's, as checkpointed
     assert (run / "best.pt").is_file() and (run / "config.yaml").is_file()
+    assert all((run / "plots" / f).stat().st_size > 1000 for f in ("losses.png", "ap.png", "lr.png"))
     assert load_config(run / "config.yaml", model_config_cls=DoubleConfig).schedule.epochs == 8
     assert info["weights"] == "ema" and info["class_names"] == ["red", "green", "blue"]
     prov = info["provenance"]
@@ -123,3 +126,21 @@ def test_existing_run_is_not_overwritten(shapes, tmp_path):
     run = train(shapes, tmp_path, name="once", **{"schedule.epochs": 2, "output.overwrite": "true"})
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # the replaced run's rows are gone
+
+
+def test_open_protocol_trains_on_seen_and_evaluates_unseen(shapes, tmp_path):
+    run = train(shapes, tmp_path, name="open", protocol="open", **{
+        "data.train_classes": "[red,green]", "data.eval_classes": "[blue]", "schedule.epochs": 1, "output.progress": "true"})  # fmt: skip
+    ckpt = load_checkpoint(run / "last.pt")
+    assert [v["name"] for v in ckpt["vocabulary"]] == [
+        "red",
+        "green",
+    ]  # the model only learned the seen classes
+    assert ckpt["provenance"]["eval_classes"] == ["blue"]
+    split = load_shapes_split(shapes, "train")
+    with_blue = sum(1 for r in split.images if (r.class_ids == 2).any())
+    assert (
+        ckpt["provenance"]["train_images"] == len(split.images) - with_blue
+    )  # images showing "blue" left out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert set(k for k in rows[0] if k.startswith("val_class/")) == {"val_class/blue/AP50"}

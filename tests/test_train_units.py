@@ -201,3 +201,41 @@ def test_precise_bn_recomputes_trailing_statistics_but_not_frozen_parts():
     assert torch.equal(model[2][0].running_mean, frozen_mean)  # the frozen part kept its statistics
     assert model[1].momentum == 0.1  # restored
     assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_mixed_precision_only_on_cuda():
+    from training.engine import amp_dtype
+
+    assert amp_dtype("auto", torch.device("cpu")) is None  # CPU autocast is slower than fp32 for these convs
+    assert amp_dtype("bf16", torch.device("cpu")) is None
+    assert amp_dtype("off", torch.device("cuda")) is None
+    assert amp_dtype("fp16", torch.device("cuda")) is torch.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_training_step_on_cuda(amp):
+    from tests.test_train_helpers import DoubleConfig, build_double
+    from training.engine import amp_dtype, training_step
+
+    device = torch.device("cuda")
+    model = build_double(DoubleConfig()).to(device)
+    opt = torch.optim.AdamW(model.param_groups(1e-3, 0.0), lr=1e-3)
+    dtype = amp_dtype(amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    ema = ModelEMA(model)
+    images = torch.rand(2, 3, 128, 128, device=device)
+    targets = {
+        k: v.to(device)
+        for k, v in {
+            "batch_idx": torch.tensor([0, 1]),
+            "cls": torch.tensor([0, 1]),
+            "boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 100]]),
+        }.items()
+    }
+    emb = torch.nn.functional.normalize(torch.randn(3, 32, device=device), dim=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses, _ = training_step(model, opt, scaler, ema, images, targets, emb, amp_dtype=dtype)
+    assert torch.isfinite(losses["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -125,6 +125,7 @@ def save_checkpoint(
     trainer_state: dict | None = None,
     train_config: Any = None,
     include_rng: bool = False,
+    rng_per_rank: list[dict] | None = None,
 ) -> Path:
     """Write a checkpoint atomically.
 
@@ -144,6 +145,8 @@ def save_checkpoint(
         trainer_state: loop position (epoch, step, best metric, ...).
         train_config: the resolved ``TrainConfig``.
         include_rng: store the random generators' states (exact resume).
+        rng_per_rank: under DDP, every process's generator states (``rng_state()``, gathered), so each
+            process resumes its own random draws.
     Returns:
         The written path.
     """
@@ -174,6 +177,8 @@ def save_checkpoint(
         ckpt["train_config"] = _plain(train_config)
     if include_rng:
         ckpt["rng"] = rng_state()
+    if rng_per_rank:
+        ckpt["rng_per_rank"] = list(rng_per_rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(ckpt, tmp)

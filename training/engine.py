@@ -164,8 +164,8 @@ class Trainer:
             "optimizer_phase": self.optimizer_phase,
         }
 
-    def save(self, path: Path) -> Path:
-        """Checkpoint with everything for exact resume (rank 0 calls this)."""
+    def save(self, path: Path, rng_per_rank: list[dict] | None = None) -> Path:
+        """Checkpoint with everything for exact resume (rank 0 calls this; ``rng_per_rank`` gathered by all)."""
         meta = self.checkpoint_meta
         provenance = dict(meta["provenance"])
         provenance.update(
@@ -190,6 +190,7 @@ class Trainer:
             trainer_state=self.trainer_state(),
             train_config=self.cfg,
             include_rng=True,
+            rng_per_rank=rng_per_rank,
         )
 
     def resume_from(self, path: str) -> None:
@@ -219,10 +220,13 @@ class Trainer:
         self.step = int(st["step"])
         self.best = st.get("best")
         self.best_epoch = int(st.get("best_epoch", 0))
-        # The random state of rank 0 at the end of the saved epoch; other ranks offset it as at the start.
-        set_rng_state(ckpt["rng"])
-        if self.dist.rank:
-            torch.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 7919 * self.start_epoch)
+        per_rank = ckpt.get("rng_per_rank") or []
+        if len(per_rank) == self.dist.world_size:  # each process continues its own random draws
+            set_rng_state(per_rank[self.dist.rank])
+        else:  # other process count than the saved run: rank 0's state, other ranks offset from it
+            set_rng_state(ckpt["rng"])
+            if self.dist.rank:
+                torch.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 7919 * self.start_epoch)
 
     # --------------------------------------------------------------------------------- the loop
 

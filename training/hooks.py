@@ -97,11 +97,16 @@ class CheckpointHook(HookBase):
         if improved:
             t.best = float(value)
             t.best_epoch = t.epoch + 1
+        from training import dist
+        from training.checkpoint import rng_state
+
+        # Every process's random state (all must call the gather), so a DDP resume replays each one's draws.
+        states = dist.all_gather_objects(rng_state()) if t.dist.distributed else None
         if not t.dist.is_main:
             return
-        last = t.save(t.run_dir / "last.pt")
+        last = t.save(t.run_dir / "last.pt", states)
         if improved:
-            t.save(t.run_dir / "best.pt")
+            t.save(t.run_dir / "best.pt", states)
         if self.keep_every and (t.epoch + 1) % self.keep_every == 0:
             import shutil
 
