@@ -37,12 +37,18 @@ class AugmentSpec:
 
 
 def normalize(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Letterboxed (H, W, 3) uint8 BGR image -> (3, H, W) float32, exactly as ``rtvp_edge.preprocess``."""
-    img = image_bgr[:, :, ::-1] if spec.color == "RGB" else image_bgr
-    chw = img.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
-    inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
-    return np.ascontiguousarray((chw - mean) * inv_std)
+    """Letterboxed (H, W, 3) uint8 BGR image -> (3, H, W) float32, bit-identical to ``rtvp_edge.preprocess``
+    (same per-channel 256-entry lookup table; a unit test guards against drift)."""
+    lut = (
+        np.arange(256, dtype=np.float32)[None, :] / 255.0 - np.asarray(spec.mean, np.float32)[:, None]
+    ) / np.asarray(spec.std, np.float32)[:, None]  # (3, 256), in model channel order
+    planes = cv2.split(np.ascontiguousarray(image_bgr))  # B, G, R
+    if spec.color == "RGB":
+        planes = planes[::-1]
+    out = np.empty((3, *image_bgr.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        np.take(lut[c], planes[c], out=out[c])
+    return out
 
 
 def read_image(path: str | os.PathLike, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
