@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -188,8 +189,19 @@ def run_verify(argv: list[str]) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_sigterm_unwind() -> None:
+    """Make SIGTERM (a timeout, a job scheduler, `kill`) unwind like Ctrl-C, so the bundle writer removes its
+    partial folder instead of leaving it behind."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_sigterm_unwind()
     logging.basicConfig(level=logging.INFO, format="rtvp-export: %(message)s")
     for noisy in ("nncf", "openvino"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
