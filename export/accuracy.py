@@ -110,6 +110,14 @@ def predict(
 
 def coco_metrics(eval_set: EvalSet, detections: list[list], class_names: list[str]) -> dict[str, float]:
     """COCO AP, AP50, AP75 in points (0-100) over the classes shared by the vocabulary and the data set."""
+    return coco_result(eval_set, detections, class_names)[0]
+
+
+def coco_result(
+    eval_set: EvalSet, detections: list[list], class_names: list[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``coco_metrics`` plus each class's best-F1 operating point at IoU 0.5 (``{score, precision, recall,
+    f1}``, rounded; classes without ground truth or without a true positive are left out)."""
     from training.coco_eval import coco_evaluate, coco_ground_truth
 
     shared = [n for n in class_names if n in eval_set.class_names]
@@ -139,9 +147,15 @@ def coco_metrics(eval_set: EvalSet, detections: list[list], class_names: list[st
         for d in dets
         if d.class_name in index
     ]
-    metrics = coco_evaluate(gt, results, shared)["metrics"]
+    result = coco_evaluate(gt, results, shared)
+    metrics = result["metrics"]
+    points = {
+        name: {k: round(v, 4) for k, v in op.items()}
+        for name, op in result["operating_points_50"].items()
+        if op is not None
+    }
     # None: no ground truth for the metric (COCO's -1); count it as 0 rather than hide it.
-    return {k: round(100.0 * (metrics.get(k) or 0.0), 3) for k in ("AP", "AP50", "AP75")}
+    return {k: round(100.0 * (metrics.get(k) or 0.0), 3) for k in ("AP", "AP50", "AP75")}, points
 
 
 def evaluate(
@@ -154,3 +168,15 @@ def evaluate(
 ) -> dict[str, float]:
     """COCO metrics (points) of one artifact on the held-out images."""
     return coco_metrics(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)
+
+
+def evaluate_with_operating_points(
+    runner: Runner,
+    eval_set: EvalSet,
+    spec: PreprocessSpec,
+    class_names: list[str],
+    desc: str = "evaluate",
+    progress: bool = True,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``evaluate`` plus each class's best-F1 operating point (``coco_result``)."""
+    return coco_result(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)

@@ -89,6 +89,13 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--golden", type=int, default=4, help="golden images in the bundle (default 4)")
     p.add_argument("--score-threshold", type=float, default=0.25, help="bundle's default score threshold")
     p.add_argument(
+        "--class-thresholds",
+        choices=["best-f1", "none"],
+        default="best-f1",
+        help="INT8 with held-out data: record each class's best-F1 score threshold of the exported artifact "
+        "as the bundle's per-class default (default %(default)s); none: --score-threshold only",
+    )
+    p.add_argument(
         "--out", type=Path, help="bundle folder (default: bundles/<run>-<checkpoint>-<target>-<precision>)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
@@ -124,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
         float_blocks=None if args.quantize_all_blocks else args.float_blocks,
         golden_count=args.golden,
         score_threshold=args.score_threshold,
+        class_thresholds=args.class_thresholds,
         overwrite=args.overwrite,
         progress=not args.quiet,
         text_encoder=args.text_encoder,
@@ -146,6 +154,12 @@ def run_export(args: argparse.Namespace) -> int:
     if manifest.accuracy is not None:
         a = manifest.accuracy
         print(f"accuracy on {a.dataset}: AP50 fp32 {a.fp32['AP50']:.2f}, artifact {a.artifact['AP50']:.2f}")
+    for name, score in manifest.thresholds.class_scores.items():
+        op = manifest.accuracy.operating_points[name]
+        print(
+            f"  threshold {name}: {score:.3f} (best F1 {op['f1']:.2f}: precision {op['precision']:.2f}, "
+            f"recall {op['recall']:.2f})"
+        )
     return 0
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from export import embeddings as emb_mod
-from export.accuracy import EvalSet, evaluate, load_eval_set
+from export.accuracy import EvalSet, evaluate, evaluate_with_operating_points, load_eval_set
 from export.bundle_writer import BundleStaging
 from export.calibration import CalibrationSet, build_calibration_set, is_dataset
 from export.errors import ExportError
@@ -58,6 +58,9 @@ VOCAB_MODES = ("folded", "input")
 EMBEDDINGS_FILE = "text_embeddings.npy"
 
 
+CLASS_THRESHOLD_MODES = ("best-f1", "none")
+
+
 @dataclass
 class ExportOptions:
     """Options of one export (the CLI flags).
@@ -79,6 +82,9 @@ class ExportOptions:
             ``int8_policy.DEFAULT_FLOAT_BLOCKS``); None quantizes every block (the head path stays float).
         golden_count: golden images in the bundle.
         score_threshold: the bundle's default score threshold (golden outputs are decoded with it).
+        class_thresholds: ``best-f1``: when the accuracy stage runs, record each class's best-F1 score
+            threshold of the exported artifact on the held-out images as the bundle's per-class default
+            (``thresholds.class_scores``); ``none``: only ``score_threshold``.
         overwrite: replace an existing bundle at ``out``.
         model_version: free-text version recorded in the manifest.
         progress: show tqdm progress bars.
@@ -103,6 +109,7 @@ class ExportOptions:
     float_blocks: str | None = DEFAULT_FLOAT_BLOCKS
     golden_count: int = 4
     score_threshold: float = 0.25
+    class_thresholds: str = "best-f1"
     overwrite: bool = False
     model_version: str | None = None
     progress: bool = True
@@ -158,6 +165,11 @@ def check_options(options: ExportOptions) -> None:
         raise ExportError("--accuracy-control needs --int8 --target openvino (NNCF accuracy-controlled PTQ)")
     if not 0.0 <= options.score_threshold <= 1.0:
         raise ExportError(f"--score-threshold must be in [0, 1], got {options.score_threshold}")
+    if options.class_thresholds not in CLASS_THRESHOLD_MODES:
+        raise ExportError(
+            f"--class-thresholds must be one of {', '.join(CLASS_THRESHOLD_MODES)}, got "
+            f"{options.class_thresholds!r}"
+        )
     if options.batch is not None and (options.batch == 0 or options.batch < -1):
         raise ExportError(f"--batch must be a positive batch size or -1 (dynamic), got {options.batch}")
     if options.batch is not None and options.batch > 0 and options.target != "openvino":
@@ -415,7 +427,7 @@ def export_bundle(
                 fp32 = evaluate(
                     ort_fp32, eval_set, spec, class_names, desc="evaluate fp32", progress=options.progress
                 )
-                q = evaluate(
+                q, points = evaluate_with_operating_points(
                     int8_runner or runners[primary],
                     eval_set,
                     spec,
@@ -430,8 +442,21 @@ def export_bundle(
                     fp32=fp32,
                     artifact=q,
                     max_drop=options.max_ap_drop,
+                    operating_points=points,
                 )
                 accuracy_guard(fp32, q, options.max_ap_drop, options.force, eval_set.describe())
+                if options.class_thresholds == "best-f1" and points:
+                    thresholds = thresholds.model_copy(
+                        update={"class_scores": {n: op["score"] for n, op in points.items()}}
+                    )
+                    log.info(
+                        "per-class score thresholds (best F1 on %s): %s",
+                        eval_set.describe(),
+                        ", ".join(
+                            f"{n} {op['score']:.3f} (P {op['precision']:.2f} R {op['recall']:.2f})"
+                            for n, op in points.items()
+                        ),
+                    )
             t = stage_done("accuracy", t)
 
             # Golden outputs of the artifact the line runs (the bundle's primary backend): the runtime's

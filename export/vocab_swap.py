@@ -97,7 +97,9 @@ def swap_vocabulary(
         new = draft.model_copy(
             update={
                 "golden": golden,
+                # measured with the old vocabulary: says nothing about the new one
                 "accuracy": None,
+                "thresholds": manifest.thresholds.model_copy(update={"class_scores": {}}),
                 "source_checkpoint": source,
                 "calibration": history or None,
             }

@@ -19,9 +19,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rtvp_edge.preprocess import PreprocessSpec
 
@@ -88,6 +88,10 @@ class Thresholds(_Strict):
     score: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.5, ge=0.0, le=1.0)
     max_detections: int = Field(100, gt=0)
+    # Per-class defaults chosen on held-out data (rtvp-export: best F1 at IoU 0.5 of the exported artifact,
+    # precision/recall in accuracy.operating_points); a class not listed uses ``score``. A line file's
+    # detection.score_threshold / class_thresholds override them.
+    class_scores: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = {}
 
 
 class Artifact(_Strict):
@@ -109,6 +113,8 @@ class AccuracyInfo(_Strict):
     fp32: dict[str, float]  # COCO metrics of the FP32 source
     artifact: dict[str, float]  # the same metrics of this artifact
     max_drop: float | None = None
+    # Per class, the artifact's best-F1 operating point on these images: {score, precision, recall, f1}.
+    operating_points: dict[str, dict[str, float]] = {}
 
 
 class GoldenSample(_Strict):
@@ -135,6 +141,14 @@ class BundleManifest(_Strict):
     source_checkpoint: dict | None = None  # path, sha256, epoch
     golden: list[GoldenSample] = []
     files: dict[str, str] = {}  # relative path -> sha256 of every file except manifest/checksums
+
+    @model_validator(mode="after")
+    def _class_scores_name_classes(self) -> BundleManifest:
+        names = [c.name for c in self.vocabulary.classes]
+        unknown = sorted(set(self.thresholds.class_scores) - set(names))
+        if unknown:
+            raise ValueError(f"thresholds.class_scores: {unknown} not in the vocabulary {names}")
+        return self
 
     def artifact(self, backend: str) -> Artifact:
         for a in self.artifacts:

@@ -465,6 +465,7 @@ def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
             config.verdict,
             [c.name for c in manifest.vocabulary.classes],
             manifest.thresholds.score,
+            manifest.thresholds.class_scores,
         )
     except ValueError as e:
         raise ConfigError(f"{config.source}: {e}") from None

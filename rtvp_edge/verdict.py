@@ -32,6 +32,9 @@ class VerdictPolicy:
         verdict: the line file's ``verdict:`` section.
         class_names: the bundle's C class names.
         default_score: the bundle's default score threshold (used when the line sets none).
+        default_class_scores: the bundle's per-class defaults (``thresholds.class_scores``, chosen on held-out
+            data at export). Precedence per class: the line's ``class_thresholds``, then the line's
+            ``score_threshold``, then these, then ``default_score``.
     Raises:
         ValueError: a threshold or rule names a class the bundle does not know (message names it).
     """
@@ -42,6 +45,7 @@ class VerdictPolicy:
         verdict: VerdictConfig,
         class_names: Sequence[str],
         default_score: float = 0.25,
+        default_class_scores: dict[str, float] | None = None,
     ) -> None:
         self.class_names = list(class_names)
         known = set(self.class_names)
@@ -57,10 +61,13 @@ class VerdictPolicy:
                     f"verdict.rules.{i}.class: class {r.class_name!r} is not in the bundle's vocabulary "
                     f"{self.class_names}"
                 )
-        self.score = detection.score_threshold if detection.score_threshold is not None else default_score
+        line_score = detection.score_threshold
+        self.score = line_score if line_score is not None else default_score
+        bundle_scores = {} if line_score is not None else dict(default_class_scores or {})
         # (C,) per-class minimum score, handed to decode_detections
         self.class_thresholds = np.array(
-            [detection.class_thresholds.get(n, self.score) for n in self.class_names], dtype=np.float32
+            [detection.class_thresholds.get(n, bundle_scores.get(n, self.score)) for n in self.class_names],
+            dtype=np.float32,
         )
         self.min_box_px = detection.min_box_px
         # every region as an OpenCV contour (K, 1, 2) float32: rectangles become 4-point polygons

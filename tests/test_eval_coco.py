@@ -66,3 +66,31 @@ def test_no_detections_is_zero_not_a_crash():
     gt, _, _ = _gt()
     r = coco_evaluate(gt, [], CLASSES)
     assert r["metrics"]["AP50"] == 0.0 and r["per_class"]["oil"]["AP"] == 0.0
+
+
+def test_operating_point_is_the_best_f1_threshold_of_the_pr_table():
+    # 4 oil boxes in one image; detections by score: TP .9, FP .85, TP .8, FP .5, FP .4, TP .3 (one box missed).
+    gt_boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]], np.float32)
+    gt = coco_ground_truth([(100, 100)], [gt_boxes], [np.zeros(4, int)], CLASSES)
+    far = [0.0, 60.0, 10.0, 10.0]  # overlaps no ground truth
+
+    def det(bbox, score):
+        return {"image_id": 0, "category_id": 1, "bbox": bbox, "score": score}
+
+    dets = [
+        det([0.0, 0.0, 10.0, 10.0], 0.9),
+        det(far, 0.85),
+        det([20.0, 0.0, 10.0, 10.0], 0.8),
+        det([30.0, 60.0, 10.0, 10.0], 0.5),
+        det([50.0, 60.0, 10.0, 10.0], 0.4),
+        det([40.0, 0.0, 10.0, 10.0], 0.3),
+    ]
+    op = coco_evaluate(gt, dets, CLASSES)["operating_points_50"]
+    # F1 at 0.9: 0.40, at 0.8: 0.57, at 0.3: precision 3/6, recall 3/4 -> 0.60 (the best)
+    assert op["oil"]["score"] == pytest.approx(0.3)
+    assert op["oil"]["precision"] == pytest.approx(0.5) and op["oil"]["recall"] == pytest.approx(0.75)
+    assert op["oil"]["f1"] == pytest.approx(0.6)
+    assert op["bubble"] is None  # no ground truth
+    # Drop the last true positive: the best threshold moves up to 0.8.
+    op = coco_evaluate(gt, dets[:5], CLASSES)["operating_points_50"]
+    assert op["oil"]["score"] == pytest.approx(0.8) and op["oil"]["recall"] == pytest.approx(0.5)

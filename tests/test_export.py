@@ -7,6 +7,7 @@ runs the same pipeline from a real rtvpnet_tiny checkpoint through the CLI.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import cv2
@@ -388,3 +389,87 @@ def test_keep_float_policy_blocks_and_unknown_block(tmp_path):
     assert any(n.startswith("/head/") for n in default.names)
     with pytest.raises(ExportError, match="'nope' matches no node"):
         keep_float_policy(graph, blocks, None, ["nope"])
+
+
+def test_operating_points_of_an_artifact_on_held_out_data(glass_data):
+    from export.accuracy import coco_result, load_eval_set
+    from rtvp_edge.messages import Detection
+
+    ev = load_eval_set(glass_data, "val")
+    names = ev.class_names
+    dets, fp_class = [], None
+    for rec in ev.images:
+        found = [
+            Detection(int(c), names[int(c)], 0.6, tuple(float(v) for v in b))
+            for b, c in zip(np.asarray(rec.boxes).reshape(-1, 4), rec.class_ids, strict=True)
+        ]
+        if found and fp_class is None:  # one confident false alarm, away from every defect
+            fp_class = found[0].class_id
+            found.append(Detection(fp_class, names[fp_class], 0.9, (0.0, 0.0, 6.0, 6.0)))
+        dets.append(found)
+    assert fp_class is not None, "the generated set should have defects"
+    metrics, points = coco_result(ev, dets, names)
+    annotated = {names[int(c)] for rec in ev.images for c in rec.class_ids}
+    assert set(points) == annotated and metrics["AP50"] > 90
+    for name, op in points.items():
+        assert op["score"] == pytest.approx(0.6) and op["recall"] == pytest.approx(1.0), (name, op)
+    fp = points[names[fp_class]]
+    assert fp["precision"] < 1.0 and fp["f1"] < 1.0  # the false alarm at 0.9 is above the threshold
+
+
+def test_int8_export_records_per_class_thresholds_the_runtime_uses(glass_data, tmp_path, monkeypatch):
+    import export.pipeline as pipeline
+    from rtvp_edge.config import DetectionConfig, VerdictConfig
+    from rtvp_edge.verdict import VerdictPolicy
+
+    real = pipeline.evaluate_with_operating_points
+    chosen = {"bubble": {"score": 0.42, "precision": 0.8, "recall": 0.7, "f1": 0.75}}
+
+    def measured(*a, **kw):  # the random double finds nothing: give it an operating point to record
+        metrics, _ = real(*a, **kw)
+        return metrics, chosen
+
+    monkeypatch.setattr(pipeline, "evaluate_with_operating_points", measured)
+    m = export_bundle(
+        _source(), tmp_path / "b", _options(glass_data, target="openvino", int8=True, force=True)
+    )
+    m = load_manifest(tmp_path / "b")
+    assert m.thresholds.class_scores == {"bubble": 0.42}
+    assert m.accuracy.operating_points == chosen
+    names = [c.name for c in m.vocabulary.classes]
+    policy = VerdictPolicy(
+        DetectionConfig(), VerdictConfig(), names, m.thresholds.score, m.thresholds.class_scores
+    )
+    assert policy.class_thresholds[names.index("bubble")] == pytest.approx(0.42)
+    assert policy.class_thresholds[names.index("oil")] == pytest.approx(THRESHOLD)
+    # --class-thresholds none keeps the single default
+    m = export_bundle(
+        _source(),
+        tmp_path / "c",
+        _options(glass_data, target="openvino", int8=True, force=True, class_thresholds="none"),
+    )
+    assert m.thresholds.class_scores == {} and m.accuracy.operating_points == chosen
+
+
+def test_bundle_with_a_class_threshold_outside_its_vocabulary_is_refused(int8_bundle, tmp_path):
+    import shutil
+
+    from rtvp_edge.bundle import BundleManifest
+
+    out, _ = int8_bundle
+    raw = json.loads((out / "manifest.json").read_text())
+    raw["thresholds"]["class_scores"] = {"crak": 0.3}
+    with pytest.raises(ValueError, match="crak"):
+        BundleManifest.model_validate(raw)
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    (bad / "manifest.json").write_text(json.dumps(raw))
+    # re-sign it, as a careless hand edit with a checksum tool would: the schema still refuses it
+    digest = hashlib.sha256((bad / "manifest.json").read_bytes()).hexdigest()
+    sums = (bad / "CHECKSUMS.sha256").read_text().splitlines()
+    (bad / "CHECKSUMS.sha256").write_text(
+        "\n".join(f"{digest}  manifest.json" if line.endswith(" manifest.json") else line for line in sums)
+        + "\n"
+    )
+    with pytest.raises(BundleError, match="crak"):
+        load_manifest(bad)

@@ -86,3 +86,19 @@ def test_polygon_roi():
     assert [d.box for d in kept] == [(10, 10, 30, 30)]
     with pytest.raises(ValueError, match="at least 3 points"):
         policy(rois={"A": [[(0, 0), (1, 1)]]})
+
+
+def test_bundle_class_scores_apply_unless_the_line_overrides_them():
+    v = VerdictConfig()
+    bundle = {"oil": 0.1, "bubble": 0.5}
+    p = VerdictPolicy(DetectionConfig(), v, NAMES, default_score=0.25, default_class_scores=bundle)
+    assert p.class_thresholds.tolist() == pytest.approx([0.1, 0.25, 0.5])
+    # a line's class threshold wins for its class; the bundle's defaults still hold for the others
+    p = VerdictPolicy(
+        DetectionConfig(class_thresholds={"bubble": 0.3}), v, NAMES, 0.25, default_class_scores=bundle
+    )
+    assert p.class_thresholds.tolist() == pytest.approx([0.1, 0.25, 0.3])
+    # a line's global score threshold replaces every bundle default
+    p = VerdictPolicy(DetectionConfig(score_threshold=0.4), v, NAMES, 0.25, default_class_scores=bundle)
+    assert p.class_thresholds.tolist() == pytest.approx([0.4, 0.4, 0.4])
+    assert [d.class_name for d in p.filter_view("A", [det("oil", 0.2), det("oil", 0.45)])] == ["oil"]

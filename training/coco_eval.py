@@ -74,7 +74,10 @@ def coco_evaluate(gt, detections: list[dict], class_names: Sequence[str]) -> dic
     Returns:
         ``{"metrics": {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl},
         "per_class": {name: {"AP", "AP50", "AP75", "n_gt"}}, "pr_curve_50": {name: [precision at 101 recall
-        points]}}``. Values are in [0, 1]; a metric without any ground truth is None (COCO's -1).
+        points]}, "operating_points_50": {name: {"score", "precision", "recall", "f1"}}}``. Values are in
+        [0, 1]; a metric without any ground truth is None (COCO's -1). The operating point of a class is the
+        score threshold with the best F1 on COCOeval's own precision/score-per-recall table (IoU 0.5, all
+        areas, 100 detections); None when the class has no ground truth or no true positive.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -94,6 +97,7 @@ def coco_evaluate(gt, detections: list[dict], class_names: Sequence[str]) -> dic
             "metrics": metrics,
             "per_class": per_class,
             "pr_curve_50": {n: [0.0] * 101 for n in class_names},
+            "operating_points_50": {n: None for n in class_names},
         }
     with _quiet():
         dt = gt.loadRes(detections)
@@ -109,8 +113,11 @@ def coco_evaluate(gt, detections: list[dict], class_names: Sequence[str]) -> dic
         p = p[p > -1]
         return float(p.mean()) if p.size else None
 
-    per_class, curves = {}, {}
+    scores = ev.eval["scores"][0, :, :, 0, -1]  # (R, K): score of the detection reaching each recall
+    recalls = np.asarray(ev.params.recThrs)
+    per_class, curves, points = {}, {}, {}
     for k, name in enumerate(class_names):
+        points[name] = _best_f1(prec[0, :, k], scores[:, k], recalls) if n_gt[name] else None
         if n_gt[name] == 0:
             per_class[name] = {"AP": None, "AP50": None, "AP75": None, "n_gt": 0}
         else:
@@ -121,4 +128,15 @@ def coco_evaluate(gt, detections: list[dict], class_names: Sequence[str]) -> dic
                 "n_gt": n_gt[name],
             }
         curves[name] = [float(max(v, 0.0)) for v in prec[0, :, k]]
-    return {"metrics": metrics, "per_class": per_class, "pr_curve_50": curves}
+    return {"metrics": metrics, "per_class": per_class, "pr_curve_50": curves, "operating_points_50": points}
+
+
+def _best_f1(precision: np.ndarray, scores: np.ndarray, recalls: np.ndarray) -> dict[str, float] | None:
+    """The recall point of best F1 on one class's interpolated PR table, with the score reaching it."""
+    ok = (precision > 0) & (scores > 0)
+    if not ok.any():
+        return None
+    p, r, s = precision[ok], recalls[ok], scores[ok]
+    f1 = 2 * p * r / np.maximum(p + r, 1e-12)
+    i = int(np.argmax(f1))  # first maximum: the highest score threshold among equally good ones
+    return {"score": float(s[i]), "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i])}
