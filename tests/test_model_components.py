@@ -283,3 +283,22 @@ def test_rvp_loss_has_finite_gradients_when_an_image_has_no_box():
     assert float(losses["loss_rvp"]) > 0
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert bad == []
+
+
+def test_rvp_loss_has_finite_gradients_when_the_auxiliary_box_collapses():
+    """Regression: a very negative auxiliary-box output made softplus underflow to 0 (a zero-height box),
+    and CIoU's aspect term atan(w / h) a NaN gradient (found at epoch 6 of the demo model's training)."""
+    torch.manual_seed(0)
+    rvp = RefinedVisualPrompt(16, 8)
+    rvp.train()
+    with torch.no_grad():
+        rvp.box[-1].bias.fill_(-200.0)  # softplus(-200) == 0.0 in float32
+    prompt = torch.randn(1, 16, 8, 8)
+    out = rvp(prompt)
+    assert float(out["boxes"].min()) > 0  # every auxiliary box keeps a positive width and height
+    boxes = torch.tensor([[[4.0, 4.0, 60.0, 60.0]]])
+    loss = rvp_box_loss([out], [8], boxes, torch.ones(1, 1, dtype=torch.bool))
+    loss.backward()
+    assert torch.isfinite(loss)
+    bad = [n for n, p in rvp.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []

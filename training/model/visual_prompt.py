@@ -20,6 +20,9 @@ from torchvision.ops import complete_box_iou_loss
 from .domain_projection import expand_patches, patch_cells
 
 
+MIN_SIDE = 0.05  # smallest auxiliary-box distance, in strides
+
+
 def energy_activation(x: torch.Tensor, lam: float = 1e-4) -> torch.Tensor:
     """SimAM-style energy activation (Eq. 7).
 
@@ -85,7 +88,9 @@ class RefinedVisualPrompt(nn.Module):
             select = hard = cand * score
         out = {"refined": act * select, "score": score, "selected": hard.detach()}
         if self.training:  # the auxiliary box head and the logit only serve the training loss
-            out["boxes"] = F.softplus(self.box(act)) * self.stride
+            # A floor of MIN_SIDE strides per distance: softplus underflows to exactly 0 for very negative
+            # outputs, and CIoU's aspect term (atan(w / h), no epsilon in torchvision) then has a NaN gradient.
+            out["boxes"] = (F.softplus(self.box(act)) + MIN_SIDE) * self.stride
             out["logit"] = logit
         return out
 
