@@ -103,7 +103,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
     )
     try:
-        build_policy(config, manifest)
+        policy = build_policy(config, manifest)
     finally:
         backend.close()
     config.mqtt.check_files()  # TLS files exist
@@ -117,6 +117,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.cameras)} cameras ({kinds}), bundle {m.bundle} verified, {m.backend} on {m.device} "
         f"loaded, {selftest}"
     )
+    print("score thresholds: " + ", ".join(policy.describe_thresholds()))
     return EXIT_OK
 
 

@@ -24,6 +24,18 @@ def _contour(region) -> np.ndarray:
     return np.asarray(pts, dtype=np.float32).reshape(-1, 1, 2)
 
 
+def _threshold_of(
+    name: str, detection: DetectionConfig, bundle_scores: dict[str, float], score: float
+) -> tuple[float, str]:
+    if name in detection.class_thresholds:
+        return detection.class_thresholds[name], "line class_thresholds"
+    if name in bundle_scores:
+        return bundle_scores[name], "bundle, chosen on held-out data"
+    if detection.score_threshold is not None:
+        return score, "line score_threshold"
+    return score, "bundle default"
+
+
 class VerdictPolicy:
     """The line's detection filters and verdict rules, bound to the bundle's vocabulary.
 
@@ -64,17 +76,23 @@ class VerdictPolicy:
         line_score = detection.score_threshold
         self.score = line_score if line_score is not None else default_score
         bundle_scores = {} if line_score is not None else dict(default_class_scores or {})
-        # (C,) per-class minimum score, handed to decode_detections
-        self.class_thresholds = np.array(
-            [detection.class_thresholds.get(n, bundle_scores.get(n, self.score)) for n in self.class_names],
-            dtype=np.float32,
-        )
+        # (C,) per-class minimum score, handed to decode_detections, and where each one comes from
+        chosen = [_threshold_of(n, detection, bundle_scores, self.score) for n in self.class_names]
+        self.class_thresholds = np.array([t for t, _ in chosen], dtype=np.float32)
+        self.threshold_sources = [src for _, src in chosen]
         self.min_box_px = detection.min_box_px
         # every region as an OpenCV contour (K, 1, 2) float32: rectangles become 4-point polygons
         self.rois = {
             cam: [_contour(r) for r in regions] for cam, regions in detection.rois.items() if regions
         }
         self.rules = verdict.rules
+
+    def describe_thresholds(self) -> list[str]:
+        """``"<class> <threshold> (<where it comes from>)"`` per class."""
+        return [
+            f"{n} {t:.3f} ({src})"
+            for n, t, src in zip(self.class_names, self.class_thresholds, self.threshold_sources, strict=True)
+        ]
 
     def filter_view(self, camera_id: str, detections: Sequence[Detection]) -> tuple[Detection, ...]:
         """Keep detections above their class threshold, at least ``min_box_px`` on the shorter side and

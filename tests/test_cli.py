@@ -175,6 +175,7 @@ def test_reference_glass_line_with_the_demo_bundle(tmp_path):
 
     r = cli("check", "--line", "line_config/glass.yaml")
     assert r.returncode == 0, r.stderr
+    assert "score thresholds: oil " in r.stdout and "scratch " in r.stdout, r.stdout
     data = yaml.safe_load((ROOT / "line_config" / "glass.yaml").read_text())
     data["model"]["bundle"] = str(DEMO)
     data["mqtt"]["port"] = free_port()

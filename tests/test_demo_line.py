@@ -1,12 +1,13 @@
 """The shipped demo model on the simulated glass line, against a real Mosquitto broker: every part yields
-exactly one verdict, consistent with its defects, and the recall/precision of its detections against the
-rig's ground truth for clear defects is measured and reported.
+exactly one verdict, and the defects it reports match the rig's ground truth for clear defects.
 
-The demo model is weak (README "The demo model": AP50 0.09 INT8): matching the ground truth for clear defects is
-NOT yet achieved, so the figures are printed, not asserted beyond what the model reaches today.
+Matching, per physical defect (the rig gives each defect an id shared by the views that see it): a clear
+defect is found when some view reports a box of its class with IoU >= 0.3 on it; a reported defect is right
+when it lies on a true defect of its view (clear or not, IoU >= 0.3). The bars below are what the committed
+demo bundle measurably clears on this seeded run (README "The demo model"), with a margin; they fail for a
+model that misses or invents defects.
 
-Runs when the demo bundle is in the checkout (``rtvp_edge/demo/bundle``, committed with the measured AP in
-README.md)."""
+Runs when the demo bundle is in the checkout (``rtvp_edge/demo/bundle``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,38 @@ DEMO = Path(__file__).resolve().parents[1] / "rtvp_edge" / "demo" / "bundle"
 # The demo line renders defects twice the rig's default size (line_config/glass.yaml, sim.defect_size_scale),
 # as its training data did.
 SIZE_SCALE = 2.0
-N_PARTS = 12
+N_PARTS = 24
+MIN_DEFECT_RECALL = 0.6  # clear defects found with the right class in at least one view
+MIN_PRECISION = 0.6  # reported defects that lie on a true defect
+MIN_PART_ACCURACY = 0.75  # NG for parts with a clear defect, OK for parts without any defect
+IOU = 0.3
+
+
+def match_part(index: int, config, defects: list[dict]) -> dict:
+    """Ground truth of container ``index`` against the defects its verdict reports."""
+    truth = render_container(config, index)
+    clear_ids, found_ids, any_defect = set(), set(), False
+    right = 0
+    for view in range(len(truth.views)):
+        gts = truth.views[view][1]
+        any_defect |= bool(gts)
+        clear_ids |= {g.defect_id for g in gts if g.clear}
+        dets = [d for d in defects if d["view_index"] == view]
+        if not gts or not dets:
+            continue
+        iou = box_iou(torch.tensor([g.box for g in gts]), torch.tensor([d["box"] for d in dets]))
+        same = torch.tensor([[g.class_name == d["class_name"] for d in dets] for g in gts])
+        for k, g in enumerate(gts):
+            if g.clear and bool(((iou[k] >= IOU) & same[k]).any()):
+                found_ids.add(g.defect_id)
+        right += int((iou >= IOU).any(0).sum())
+    return {
+        "clear": clear_ids,
+        "found": found_ids,
+        "any_defect": any_defect,
+        "reported": len(defects),
+        "right": right,
+    }
 
 
 @pytest.mark.skipif(not (DEMO / "manifest.json").is_file(), reason="no demo bundle in this checkout")
@@ -54,35 +86,29 @@ def test_demo_model_verdicts_match_the_rig_ground_truth(tmp_path, mosquitto):
         verdicts[v["part_id"]] = v
     assert sorted(verdicts) == [f"C{i:06d}" for i in range(N_PARTS)]
 
-    hits = clear = matched_dets = n_dets = 0
+    clear = found = reported = right = judged = correct = 0
     for i in range(N_PARTS):
         v = verdicts[f"C{i:06d}"]
         assert v["verdict"] in ("OK", "NG")
-        truth = render_container(p.rig.config, i)
-        for view in range(6):
-            gts = [g for g in truth.views[view][1] if g.clear]
-            dets = [d for d in v["defects"] if d["view_index"] == view]
-            n_dets += len(dets)
-            if not gts or not dets:
-                clear += len(gts)
-                continue
-            iou = box_iou(torch.tensor([g.box for g in gts]), torch.tensor([d["box"] for d in dets]))
-            same = torch.tensor([[g.class_name == d["class_name"] for d in dets] for g in gts])
-            ok = (iou >= 0.3) & same
-            clear += len(gts)
-            hits += int(ok.any(1).sum())
-            # a detection is right if it lies on any true defect of this view (clear or not)
-            all_gt = truth.views[view][1]
-            iou_all = box_iou(torch.tensor([d["box"] for d in dets]), torch.tensor([g.box for g in all_gt]))
-            matched_dets += int((iou_all >= 0.3).any(1).sum())
         # glass.yaml's rule: any defect left after the filters makes the part NG
         assert (v["verdict"] == "NG") == bool(v["defects"]), v["part_id"]
-    recall = hits / max(clear, 1)
-    precision = matched_dets / max(n_dets, 1)
-    assert clear > 5, "the seeded run should show clear defects"
+        m = match_part(i, p.rig.config, v["defects"])
+        clear += len(m["clear"])
+        found += len(m["found"])
+        reported += m["reported"]
+        right += m["right"]
+        if m["clear"] or not m["any_defect"]:  # parts with only faint defects may go either way
+            judged += 1
+            correct += (v["verdict"] == "NG") == bool(m["clear"])
+    recall = found / max(clear, 1)
+    precision = right / max(reported, 1)
+    part_accuracy = correct / max(judged, 1)
     print(
-        f"demo model on {N_PARTS} parts: recall of clear defects {recall:.2f} ({hits}/{clear}), "
-        f"precision {precision:.2f} ({matched_dets}/{n_dets})"
+        f"demo model on {N_PARTS} parts: clear defects found {recall:.2f} ({found}/{clear}), reported defects "
+        f"on a true defect {precision:.2f} ({right}/{reported}), part verdicts right {part_accuracy:.2f} "
+        f"({correct}/{judged})"
     )
-    # It does find some defects: a model that learned nothing would publish no defect at all.
-    assert hits >= 1 and matched_dets >= 1, (hits, matched_dets)
+    assert clear >= 10 and judged >= N_PARTS // 2, "the seeded run should show clear defects and good parts"
+    assert recall >= MIN_DEFECT_RECALL, f"clear defects found {found}/{clear}"
+    assert precision >= MIN_PRECISION, f"reported defects on a true defect {right}/{reported}"
+    assert part_accuracy >= MIN_PART_ACCURACY, f"part verdicts right {correct}/{judged}"

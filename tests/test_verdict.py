@@ -98,7 +98,13 @@ def test_bundle_class_scores_apply_unless_the_line_overrides_them():
         DetectionConfig(class_thresholds={"bubble": 0.3}), v, NAMES, 0.25, default_class_scores=bundle
     )
     assert p.class_thresholds.tolist() == pytest.approx([0.1, 0.25, 0.3])
+    assert p.describe_thresholds() == [
+        "oil 0.100 (bundle, chosen on held-out data)",
+        "black spot 0.250 (bundle default)",
+        "bubble 0.300 (line class_thresholds)",
+    ]
     # a line's global score threshold replaces every bundle default
     p = VerdictPolicy(DetectionConfig(score_threshold=0.4), v, NAMES, 0.25, default_class_scores=bundle)
     assert p.class_thresholds.tolist() == pytest.approx([0.4, 0.4, 0.4])
+    assert p.describe_thresholds()[0] == "oil 0.400 (line score_threshold)"
     assert [d.class_name for d in p.filter_view("A", [det("oil", 0.2), det("oil", 0.45)])] == ["oil"]
