@@ -302,3 +302,35 @@ def test_rvp_loss_has_finite_gradients_when_the_auxiliary_box_collapses():
     assert torch.isfinite(loss)
     bad = [n for n, p in rvp.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert bad == []
+
+
+def test_text_centre_is_the_training_vocabulary_mean_and_travels_with_the_weights():
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=96, sam_img_size=64, rvp=False)
+    model = build_model(cfg).eval()
+    common = torch.nn.functional.normalize(torch.randn(512), dim=0)
+    emb = torch.nn.functional.normalize(
+        common + 0.8 * torch.nn.functional.normalize(torch.randn(4, 512), dim=-1), dim=-1
+    )
+    assert float((emb @ emb.T)[0, 1]) > 0.4  # correlated prompts, as a real text encoder gives
+    model.set_text_center(emb)
+    assert torch.allclose(model.text_center, emb.mean(0))
+    centred = torch.nn.functional.normalize(emb - emb.mean(0), dim=-1)
+    assert float((centred @ centred.T)[0, 1]) < 0.1  # the common direction is gone
+    images = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        got = model.forward_inference(images, emb)
+        model.text_center.zero_()
+        ref = model.forward_inference(images, centred)  # centring by hand == the model's own
+    torch.testing.assert_close(got, ref)
+    # the centre is a buffer: saved and loaded with the weights (exported graphs fold it)
+    model.set_text_center(emb)
+    other = build_model(cfg).eval()
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other.text_center, model.text_center)
+    # one class has no class-specific part: the centre stays zero
+    single = build_model(cfg)
+    single.set_text_center(emb[:1])
+    assert float(single.text_center.abs().sum()) == 0.0
+    # switched off: no buffer, embeddings used as given
+    assert build_model(ModelConfig(variant="rtvpnet_tiny", text_center=False)).text_center is None

@@ -156,8 +156,9 @@ def _embed(
     return out
 
 
-def init_weights_from(model: torch.nn.Module, path: str, info: dist.DistInfo) -> None:
-    """Initialise from another run's checkpoint (EMA weights when present); parts absent there stay as built."""
+def init_weights_from(model: torch.nn.Module, path: str, info: dist.DistInfo) -> set[str]:
+    """Initialise from another run's checkpoint (EMA weights when present); parts absent there stay as built.
+    Returns the names of the tensors loaded."""
     ckpt = load_checkpoint(path)
     state = filter_state_dict(ckpt["ema"]["module"] if "ema" in ckpt else ckpt["model"])
     own = model.state_dict()
@@ -170,6 +171,7 @@ def init_weights_from(model: torch.nn.Module, path: str, info: dist.DistInfo) ->
         f"init_from {path}: loaded {len(usable)}/{len(own)} tensors "
         f"({len(state) - len(usable)} in the checkpoint did not fit)",
     )
+    return set(usable)
 
 
 def run_training(
@@ -241,8 +243,9 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and for every launch
     model = build_model(cfg.model)
-    if cfg.init_from:
-        init_weights_from(model, cfg.init_from, info)
+    loaded = init_weights_from(model, cfg.init_from, info) if cfg.init_from else set()
+    if hasattr(model, "set_text_center") and "text_center" not in loaded:
+        model.set_text_center(text_embeds)  # a resumed run restores its own centre with the weights
     spec = preprocess_spec_for(cfg.model, model)
     aug = AugmentSpec(flip=cfg.data.flip, hsv=tuple(cfg.data.hsv), scale_jitter=cfg.data.scale_jitter)
     train_set = DetectionDataset(train_split, train_classes, spec, aug, seed=cfg.seed, indices=indices)

@@ -44,6 +44,9 @@ class ModelConfig:
     rvp: bool = True
     tv: bool = True
     vt: bool = True
+    # Subtract the training vocabulary's mean text embedding (a buffer set when training starts, saved with
+    # the weights, folded into exported graphs) and re-normalise before any use of the text.
+    text_center: bool = True
     # Sizes: None = the variant's literal value.
     img_size: int | None = None  # expert input, square, multiple of 32
     sam_img_size: int | None = None  # SAM branch input, multiple of 32
@@ -169,6 +172,7 @@ def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
         expert_lr_scale=cfg.expert_lr_scale,
         loss_gains={"align": cfg.loss_align, "rvp": cfg.loss_rvp},
         text_dim=cfg.text_dim,
+        text_center=cfg.text_center,
         config=cfg,
     )
 

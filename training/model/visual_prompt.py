@@ -19,7 +19,6 @@ from torchvision.ops import complete_box_iou_loss
 
 from .domain_projection import expand_patches, patch_cells
 
-
 MIN_SIDE = 0.05  # smallest auxiliary-box distance, in strides
 
 
