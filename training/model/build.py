@@ -47,6 +47,8 @@ class ModelConfig:
     # Subtract the training vocabulary's mean text embedding (a buffer set when training starts, saved with
     # the weights, folded into exported graphs) and re-normalise before any use of the text.
     text_center: bool = True
+    # Class-agnostic objectness logit per position added to the class logits (the head's background path).
+    objectness: bool = True
     # Sizes: None = the variant's literal value.
     img_size: int | None = None  # expert input, square, multiple of 32
     sam_img_size: int | None = None  # SAM branch input, multiple of 32
@@ -161,7 +163,7 @@ def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
     )
     return RTVPNet(
         expert=expert,
-        head=DetectionHead(channels, strides, cfg.text_dim, cfg.reg_max),
+        head=DetectionHead(channels, strides, cfg.text_dim, cfg.reg_max, cfg.objectness),
         det_loss=det_loss,
         sam=sam,
         projection=projection,

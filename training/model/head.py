@@ -66,12 +66,19 @@ class DetectionHead(nn.Module):
 
     Args:
         channels (list[int]): input channels per level. strides (list[int]). text_dim (int): D.
-        reg_max (int): DFL bins per side.
+        reg_max (int): DFL bins per side. objectness (bool): add a class-agnostic objectness logit per position.
 
     ``forward(feats, text (B,C,D))`` -> ``(dist (B,N,4*reg_max), logits (B,N,C), anchors (N,2), strides (N,1))``.
     """
 
-    def __init__(self, channels: list[int], strides: list[int], text_dim: int, reg_max: int = 16):
+    def __init__(
+        self,
+        channels: list[int],
+        strides: list[int],
+        text_dim: int,
+        reg_max: int = 16,
+        objectness: bool = True,
+    ):
         super().__init__()
         self.strides, self.reg_max = list(strides), reg_max
         cb = max(16, channels[0] // 4, 4 * reg_max)
@@ -88,21 +95,32 @@ class DetectionHead(nn.Module):
                 ConvBNAct(c, cc, 1),
                 ConvBNAct(cc, cc, 3, groups=cc),
                 ConvBNAct(cc, cc, 1),
-                nn.Conv2d(cc, text_dim, 1),
             )
             for c in channels
         )
+        self.embed = nn.ModuleList(nn.Conv2d(cc, text_dim, 1) for _ in channels)
+        # Class-agnostic objectness logit added to every class logit: background is suppressed here, so the
+        # region-text similarity only has to tell the classes apart (with centred text embeddings there is no
+        # region embedding dissimilar to every class at once).
+        self.objectness = nn.ModuleList(nn.Conv2d(cc, 1, 1) for _ in channels) if objectness else None
         self.contrast = nn.ModuleList(ContrastiveHead() for _ in channels)
         for seq in self.box:
             nn.init.constant_(seq[-1].bias, 1.0)
 
     def forward(self, feats: list[torch.Tensor], text: torch.Tensor):
-        dists, logits, shapes = [], [], []
-        for f, box, region, contrast in zip(feats, self.box, self.region, self.contrast, strict=True):
+        dists, logits, objs, shapes = [], [], [], []
+        for i, f in enumerate(feats):
             shapes.append((f.shape[2], f.shape[3]))
-            dists.append(box(f).flatten(2))  # (B, 4R, HW)
-            logits.append(contrast(region(f), text).flatten(2))  # (B, C, HW)
+            dists.append(self.box[i](f).flatten(2))  # (B, 4R, HW)
+            r = self.region[i](f)
+            logits.append(self.contrast[i](self.embed[i](r), text).flatten(2))  # (B, C, HW)
+            if self.objectness is not None:
+                objs.append(self.objectness[i](r).flatten(2))  # (B, 1, HW)
         dist = torch.cat(dists, 2).transpose(1, 2)
-        logit = torch.cat(logits, 2).transpose(1, 2)
+        logit = torch.cat(logits, 2).transpose(1, 2)  # (B, N, C)
+        if objs:
+            # added on the flat (B, N, C) layout: OpenVINO's CPU plugin mis-broadcasts (B,1,H,W) onto the
+            # einsum's (B,C,H,W) output when the class axis is dynamic
+            logit = logit + torch.cat(objs, 2).transpose(1, 2)
         anchors, strides = make_anchors(shapes, self.strides, dist.device, dist.dtype)
         return dist, logit, anchors, strides
