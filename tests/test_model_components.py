@@ -215,7 +215,9 @@ def _build(**kw):
 
 @pytest.fixture(scope="module")
 def full_model():
-    return _build()
+    model = _build()
+    model.set_text_center(torch.nn.functional.normalize(torch.randn(3, 512), dim=-1))  # as training does
+    return model
 
 
 def _outputs(model, images, text):
@@ -224,7 +226,7 @@ def _outputs(model, images, text):
         return model.forward_inference(images, text)
 
 
-@pytest.mark.parametrize("switch", ["edp", "projection", "rvp", "tv", "vt"])
+@pytest.mark.parametrize("switch", ["edp", "projection", "rvp", "tv", "vt", "objectness", "text_center"])
 def test_each_switch_changes_the_computation(full_model, switch):
     torch.manual_seed(3)
     images, text = torch.randn(1, 3, IMG, IMG), torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
