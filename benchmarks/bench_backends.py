@@ -256,7 +256,7 @@ def main() -> int:
     log.info("AP50 on held-out images...")
     eval_set = load_eval_set(data, "val", args.eval_size)
     names = [c.name for c in source.classes]
-    ap = {k: evaluate(r, eval_set, source.preprocess, names, desc=k)["AP50"] for k, r in runners.items()}
+    ap = {k: evaluate(r, eval_set, source.preprocess, names, desc=k)[0]["AP50"] for k, r in runners.items()}
     blocks = [] if args.skip_blocks else block_decision(source, calib, work, args.rounds)
 
     base = best["OpenVINO f32 (hint f32)"]

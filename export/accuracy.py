@@ -165,18 +165,7 @@ def evaluate(
     class_names: list[str],
     desc: str = "evaluate",
     progress: bool = True,
-) -> dict[str, float]:
-    """COCO metrics (points) of one artifact on the held-out images."""
-    return coco_metrics(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)
-
-
-def evaluate_with_operating_points(
-    runner: Runner,
-    eval_set: EvalSet,
-    spec: PreprocessSpec,
-    class_names: list[str],
-    desc: str = "evaluate",
-    progress: bool = True,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """``evaluate`` plus each class's best-F1 operating point (``coco_result``)."""
+    """COCO metrics (points) of one artifact on the held-out images, and each class's best-F1 operating point
+    (``coco_result``)."""
     return coco_result(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)

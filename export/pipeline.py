@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from export import embeddings as emb_mod
-from export.accuracy import EvalSet, evaluate, evaluate_with_operating_points, load_eval_set
+from export.accuracy import EvalSet, evaluate, load_eval_set
 from export.bundle_writer import BundleStaging
 from export.calibration import CalibrationSet, build_calibration_set, is_dataset
 from export.errors import ExportError
@@ -424,10 +424,10 @@ def export_bundle(
 
             accuracy = None
             if options.int8 and eval_set is not None:
-                fp32 = evaluate(
+                fp32, _ = evaluate(
                     ort_fp32, eval_set, spec, class_names, desc="evaluate fp32", progress=options.progress
                 )
-                q, points = evaluate_with_operating_points(
+                q, points = evaluate(
                     int8_runner or runners[primary],
                     eval_set,
                     spec,

@@ -422,14 +422,14 @@ def test_int8_export_records_per_class_thresholds_the_runtime_uses(glass_data, t
     from rtvp_edge.config import DetectionConfig, VerdictConfig
     from rtvp_edge.verdict import VerdictPolicy
 
-    real = pipeline.evaluate_with_operating_points
+    real = pipeline.evaluate
     chosen = {"bubble": {"score": 0.42, "precision": 0.8, "recall": 0.7, "f1": 0.75}}
 
     def measured(*a, **kw):  # the random double finds nothing: give it an operating point to record
         metrics, _ = real(*a, **kw)
         return metrics, chosen
 
-    monkeypatch.setattr(pipeline, "evaluate_with_operating_points", measured)
+    monkeypatch.setattr(pipeline, "evaluate", measured)
     m = export_bundle(
         _source(), tmp_path / "b", _options(glass_data, target="openvino", int8=True, force=True)
     )
