@@ -473,3 +473,13 @@ def test_bundle_with_a_class_threshold_outside_its_vocabulary_is_refused(int8_bu
     )
     with pytest.raises(BundleError, match="crak"):
         load_manifest(bad)
+
+
+def test_bad_option_values_are_refused_before_any_work():
+    from export.pipeline import check_options
+
+    with pytest.raises(ExportError, match=r"--class-thresholds must be one of best-f1, none, got 'f1'"):
+        check_options(ExportOptions(class_thresholds="f1"))
+    with pytest.raises(ExportError, match=r"--score-threshold must be in \[0, 1\], got 1.5"):
+        check_options(ExportOptions(score_threshold=1.5))
+    check_options(ExportOptions(class_thresholds="none"))  # a valid one passes

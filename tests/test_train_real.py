@@ -48,6 +48,10 @@ def test_real_model_resume_is_exact(rig_closed, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["ema"]["module"]:
         assert torch.equal(a["ema"]["module"][key], b["ema"]["module"][key]), key
+    # a fresh run centres the text on its vocabulary's mean; the resumed one restored the same centre
+    centre = a["model"]["text_center"]
+    assert float(centre.abs().sum()) > 0
+    torch.testing.assert_close(centre, a["text_embeddings"].float().mean(0))
     first = load_checkpoint(straight / "epoch_001.pt")
     assert any(not torch.equal(first["model"][k], a["model"][k]) for k in a["model"])  # epoch 2 did train
 
