@@ -14,9 +14,13 @@ INT8, by TensorRT version:
 Engines are named and recorded with the GPU name and TensorRT version:
 ``tensorrt/model.<gpu>.trt<version>.<precision>.engine``.
 
+The engine build and the engine runner are the runtime's (``rtvp_edge.backends.tensorrt``): one code path for
+an engine made here and one the edge box makes from the bundle's ONNX.
+
 NOT RUN in this repository: no GPU and no TensorRT on the development machines. The pieces that do not need
-TensorRT (calibration batching, cache handling, naming, the Q/DQ ONNX) are tested; the rest is written
-against the TensorRT 10/11 Python API documentation and must be validated on a GPU before it is trusted.
+TensorRT (calibration batching, cache handling, naming, the Q/DQ ONNX) are tested, and the calls into TensorRT
+are tested against an emulation of its 10.x/11.x API (``tests/fake_tensorrt.py``); TensorRT itself must be
+validated on a GPU before this is trusted.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from rtvp_edge.backends.tensorrt import EngineRunner, build_serialized_engine, trt_major
 
 log = logging.getLogger("rtvp_export")
 
@@ -53,10 +59,6 @@ def tensorrt_available() -> tuple[bool, str]:
     except Exception as e:  # ImportError or a CUDA driver error
         return False, f"pycuda/CUDA not usable ({type(e).__name__}: {e})"
     return True, trt.__version__
-
-
-def trt_major(version: str) -> int:
-    return int(version.split(".")[0])
 
 
 def engine_filename(gpu_name: str, trt_version: str, precision: str) -> str:
@@ -159,69 +161,34 @@ def make_entropy_calibrator(batches: CalibrationBatches | None, cache: Calibrati
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
-    fp16: bool = False,
-    int8: bool = False,
+    precision: str = "fp32",
     calibrator=None,
-    workspace_bytes: int = 1 << 30,
     max_batch: int = MAX_BATCH,
     opt_batch: int = OPT_BATCH,
     max_classes: int = 64,
 ) -> Path:
-    """Build and serialize a TensorRT engine from an ONNX file (torch-free; usable on the edge box).
+    """Build and serialize a TensorRT engine from an ONNX file, written atomically to ``engine_path``.
+
+    The build itself is the runtime's (``rtvp_edge.backends.tensorrt.build_serialized_engine``), so an engine
+    made here and one the edge box makes from the bundle's ONNX come from the same code.
 
     Args:
-        onnx_path: FP32 ONNX, or an explicit Q/DQ ONNX for INT8 on TensorRT >= 11.
-        engine_path: output engine file (written atomically).
-        fp16: allow FP16 kernels.
-        int8: INT8; on TensorRT 10 give ``calibrator`` (or the graph must carry Q/DQ nodes).
+        onnx_path: FP32 ONNX, or an explicit Q/DQ ONNX (INT8 on TensorRT >= 11).
+        precision: fp32, fp16 or int8 (TensorRT 10: with ``calibrator`` or from a Q/DQ graph).
         calibrator: from ``make_entropy_calibrator`` (TensorRT 10.x only).
         max_batch, opt_batch: dynamic-batch optimisation profile (min 1).
         max_classes: upper bound of the vocabulary axis for graphs in vocabulary mode ``input``.
-    Returns:
-        ``engine_path``.
     """
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if int8:
-        if trt_major(trt.__version__) >= 11:
-            if calibrator is not None:
-                raise ValueError("TensorRT >= 11 has no calibrators: build INT8 from a Q/DQ ONNX")
-        else:
-            config.set_flag(trt.BuilderFlag.INT8)
-            if calibrator is not None:
-                config.int8_calibrator = calibrator
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = list(tensor.shape)
-        if tensor.name == "text_embeddings":  # (C, D): dynamic vocabulary size
-            profile.set_shape(
-                tensor.name, [1, shape[1]], [max(1, min(8, max_classes)), shape[1]], [max_classes, shape[1]]
-            )
-        elif shape[0] == -1:
-            rest = shape[1:]
-            profile.set_shape(tensor.name, [1, *rest], [opt_batch, *rest], [max_batch, *rest])
-    config.add_optimization_profile(profile)
-    if calibrator is not None:
-        config.set_calibration_profile(profile)
-    data = builder.build_serialized_network(network, config)
-    if data is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
+    data = build_serialized_engine(
+        trt, onnx_path, precision, calibrator=calibrator, max_batch=max_batch, opt_batch=opt_batch,
+        max_classes=max_classes,
+    )  # fmt: skip
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(data))
+    tmp.write_bytes(data)
     os.replace(tmp, engine_path)
     return engine_path
 
@@ -232,45 +199,19 @@ class TensorRTRunner:
     backend = "tensorrt"
 
     def __init__(self, engine_path: str | os.PathLike, embeddings: np.ndarray | None = None):
-        import pycuda.autoinit  # noqa: F401
+        import pycuda.autoinit  # noqa: F401  (the CUDA context export runs in)
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        self.cuda, self.trt = cuda, trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{engine_path}: TensorRT cannot deserialize the engine (other GPU/version?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
+        self.runner = EngineRunner(trt, cuda, Path(engine_path).read_bytes(), engine_path)
         self.embeddings = embeddings
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cuda, trt = self.cuda, self.trt
-        feeds = {"images": np.ascontiguousarray(batch, np.float32)}
+        feeds = {"images": batch}
         if self.embeddings is not None:
-            feeds["text_embeddings"] = np.ascontiguousarray(self.embeddings, np.float32)
-        keep = []
-        for name, arr in feeds.items():
-            self.context.set_input_shape(name, arr.shape)
-            d = cuda.mem_alloc(arr.nbytes)
-            cuda.memcpy_htod_async(d, arr, self.stream)
-            self.context.set_tensor_address(name, int(d))
-            keep.append(d)
-        outs = {}
-        for name in ("boxes", "scores"):
-            shape = tuple(self.context.get_tensor_shape(name))
-            host = cuda.pagelocked_empty(shape, trt.nptype(self.engine.get_tensor_dtype(name)))
-            d = cuda.mem_alloc(host.nbytes)
-            self.context.set_tensor_address(name, int(d))
-            keep.append(d)
-            outs[name] = (host, d)
-        if not self.context.execute_async_v3(self.stream.handle):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        for host, d in outs.values():
-            cuda.memcpy_dtoh_async(host, d, self.stream)
-        self.stream.synchronize()
-        return np.array(outs["boxes"][0], np.float32), np.array(outs["scores"][0], np.float32)
+            feeds["text_embeddings"] = self.embeddings
+        boxes, scores = self.runner.run(feeds, ("boxes", "scores"))
+        return boxes, scores
 
 
 def export_tensorrt(
@@ -319,7 +260,10 @@ def export_tensorrt(
                 CalibrationBatches(samples, min(8, len(samples))), cache, "images"
             )
             notes += "; IInt8EntropyCalibrator2, cache tensorrt/calibration.cache"
-    build_engine(source, engine, fp16=half or int8, int8=int8, calibrator=calibrator)
+    if trt_major(trt.__version__) >= 11 and precision == "fp16":
+        precision = "fp32"  # strongly typed: an FP32 graph builds FP32 (build_serialized_engine logs why)
+        engine = bundle_dir / "tensorrt" / engine_filename(gpu, trt.__version__, precision)
+    build_engine(source, engine, precision, calibrator=calibrator)
     art = Artifact(
         backend="tensorrt",
         path=engine.relative_to(bundle_dir).as_posix(),

@@ -95,7 +95,7 @@ def test_build_engine_on_gpu(tmp_path):
     emb = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     wrapper = build_wrapper(model, "folded", emb)
     path = export_onnx(wrapper, tmp_path / "m.onnx", "folded", (64, 64), (3, 16))
-    engine = build_engine(path, tmp_path / "m.engine", fp16=False)
+    engine = build_engine(path, tmp_path / "m.engine", "fp32")
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     boxes, scores = TensorRTRunner(engine)(x)
     with torch.no_grad():

@@ -9,8 +9,11 @@ calibration cache on TensorRT 10; FP16 when neither exists), and caches it under
 version and the precision. The cache lives outside the bundle because a verified bundle refuses files it
 does not list. File conventions follow ``export/tensorrt.py`` (which builds the bundle's engine).
 
+``build_serialized_engine`` and ``EngineRunner`` are shared with ``rtvp-export`` (``export/tensorrt.py``).
+
 NOT RUN in this repository (no GPU, no TensorRT on the development machines): written against the
-TensorRT 10/11 Python API; its test skips with the reason. Validate on a GPU before trusting it.
+TensorRT 10/11 Python API and tested against an emulation of it (``tests/fake_tensorrt.py``); the test with
+real TensorRT skips with the reason. Validate on a GPU before trusting it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,133 @@ log = logging.getLogger(__name__)
 
 def engine_cache_dir() -> Path:
     return Path(os.environ.get("RTVP_EDGE_CACHE", Path.home() / ".cache" / "rtvp-edge")) / "tensorrt"
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT could not parse, build or run a graph; the message names the file."""
+
+
+def trt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def build_serialized_engine(
+    trt,
+    onnx_path: str | os.PathLike,
+    precision: str,
+    *,
+    calibrator=None,
+    embeddings_input: str | None = "text_embeddings",
+    max_batch: int = 8,
+    opt_batch: int = 6,
+    max_classes: int = 64,
+    workspace_bytes: int = 1 << 30,
+) -> bytes:
+    """Parse an ONNX file and build a serialized engine; shared by ``rtvp-export`` and the runtime.
+
+    Precision, by TensorRT version:
+    - 10.x (weakly typed): ``fp16`` and ``int8`` set the FP16 flag (layers kept out of INT8 run in FP16);
+      ``int8`` sets the INT8 flag and uses ``calibrator`` (an ``IInt8EntropyCalibrator2``) when given, or the
+      graph's own Q/DQ nodes.
+    - >= 11 (strongly typed, no precision flags, no calibrators): the graph's types decide. INT8 comes from a
+      Q/DQ graph; an FP32 graph asked for ``fp16`` builds FP32 (TensorRT 11 wants a mixed-precision graph from
+      ModelOpt AutoCast, which this project does not make) and says so in the log.
+
+    Dynamic axes get one optimisation profile: the batch axis ``[1, opt_batch, max_batch]`` and, for graphs in
+    vocabulary mode ``input``, the class axis of ``embeddings_input`` ``[1, min(8, max_classes), max_classes]``.
+    """
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    major = trt_major(trt.__version__)
+    if calibrator is not None and (major >= 11 or precision != "int8"):
+        raise ValueError(
+            f"an INT8 calibrator needs precision int8 on TensorRT 10 (asked {precision} on TensorRT "
+            f"{trt.__version__}); TensorRT >= 11 builds INT8 from a Q/DQ graph"
+        )
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if major < 11:
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            if calibrator is not None:
+                config.int8_calibrator = calibrator
+    elif precision == "fp16":
+        log.warning("TensorRT %s is strongly typed: %s builds with the graph's own types (FP32), not FP16",
+                    trt.__version__, Path(onnx_path).name)  # fmt: skip
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = list(tensor.shape)
+        if shape[0] != -1:
+            continue
+        if embeddings_input and tensor.name == embeddings_input:  # (C, D): the vocabulary may grow
+            d = shape[1]
+            profile.set_shape(tensor.name, [1, d], [max(1, min(8, max_classes)), d], [max_classes, d])
+        else:
+            rest = shape[1:]
+            profile.set_shape(tensor.name, [1, *rest], [min(opt_batch, max_batch), *rest], [max_batch, *rest])
+    config.add_optimization_profile(profile)
+    if calibrator is not None:
+        config.set_calibration_profile(profile)
+    data = builder.build_serialized_network(network, config)
+    if data is None:
+        raise TensorRTError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
+    return bytes(data)
+
+
+class EngineRunner:
+    """Runs one deserialized engine with pycuda buffers: ``run({input: array}, [outputs]) -> [arrays]``.
+
+    The caller owns the CUDA context (``pycuda.autoinit`` in ``rtvp-export``; the backend pushes its own
+    context around each call). Device buffers live for one call and are freed before it returns.
+    """
+
+    def __init__(self, trt, cuda, engine_bytes: bytes, source: str | os.PathLike):
+        self.trt, self.cuda = trt, cuda
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise TensorRTError(
+                f"{source}: TensorRT cannot deserialize the engine (other GPU or TensorRT version?)"
+            )
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | tuple[str, ...]) -> list[np.ndarray]:
+        cuda = self.cuda
+        buffers, host_out = [], []
+        try:
+            for name, arr in feeds.items():
+                arr = np.ascontiguousarray(arr, np.float32)
+                self.context.set_input_shape(name, arr.shape)
+                d = cuda.mem_alloc(arr.nbytes)
+                buffers.append(d)
+                cuda.memcpy_htod_async(d, arr, self.stream)
+                self.context.set_tensor_address(name, int(d))
+            for name in outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                host = cuda.pagelocked_empty(shape, self.trt.nptype(self.engine.get_tensor_dtype(name)))
+                d = cuda.mem_alloc(host.nbytes)
+                buffers.append(d)
+                self.context.set_tensor_address(name, int(d))
+                host_out.append((host, d))
+            if not self.context.execute_async_v3(self.stream.handle):
+                raise TensorRTError("TensorRT execute_async_v3 failed")
+            for host, d in host_out:
+                cuda.memcpy_dtoh_async(host, d, self.stream)
+            self.stream.synchronize()
+            return [np.array(host, dtype=np.float32) for host, _ in host_out]
+        finally:
+            for d in buffers:
+                d.free()
 
 
 class TensorRTBackend(Backend):
@@ -57,14 +187,16 @@ class TensorRTBackend(Backend):
         # A pycuda context is current on one thread only; infer() pushes/pops it around each call.
         self._ctx = dev.make_context()
         try:
-            self._logger = trt.Logger(trt.Logger.WARNING)
             engine_path = self._shipped_engine() or self._cached_engine()
-            runtime = trt.Runtime(self._logger)
-            self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-            if self.engine is None:
-                raise BundleError(f"{engine_path}: TensorRT could not deserialize the engine")
-            self.context = self.engine.create_execution_context()
-            self.stream = cuda.Stream()
+            try:
+                self.runner = EngineRunner(trt, cuda, engine_path.read_bytes(), engine_path)
+            except TensorRTError as e:
+                hint = (
+                    "; delete it and the next start rebuilds it"
+                    if engine_cache_dir() in engine_path.parents
+                    else ""
+                )
+                raise BundleError(f"{e}{hint}") from None
             self.engine_path = engine_path
         finally:
             self._ctx.pop()
@@ -98,10 +230,10 @@ class TensorRTBackend(Backend):
                 self.bundle_dir / "model_qdq.onnx"
             )  # explicit Q/DQ graph (TensorRT >= 11 has no calibrators)
             cache = self.bundle_dir / "tensorrt" / "calibration.cache"  # TensorRT 10 implicit INT8
-            if int(trt.__version__.split(".")[0]) >= 11 and qdq.is_file():
-                source = qdq
-            elif cache.is_file():
+            if trt_major(trt.__version__) < 11 and cache.is_file():
                 calibration_cache = cache.read_bytes()
+            elif qdq.is_file():  # TensorRT 10 builds explicit Q/DQ graphs too
+                source = qdq
             else:
                 log.warning(
                     "INT8 bundle without Q/DQ graph or calibration cache for TensorRT %s: FP16 engine",
@@ -123,39 +255,16 @@ class TensorRTBackend(Backend):
 
     def _build(self, onnx_path: Path, precision: str, calibration_cache: bytes | None) -> bytes:
         trt = self._trt
-        builder = trt.Builder(self._logger)
-        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
-        parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(onnx_path.read_bytes()):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise BundleError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errs}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-        if precision in ("fp16", "int8", "mixed"):
-            config.set_flag(trt.BuilderFlag.FP16)  # layers kept out of INT8 run in FP16
-        if calibration_cache is not None:
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _cache_only_calibrator(trt, calibration_cache)
-        profile = builder.create_optimization_profile()
-        emb_name = self.manifest.io.embeddings_input
-        for i in range(network.num_inputs):
-            t = network.get_input(i)
-            shape = list(t.shape)
-            if t.name == emb_name and shape[0] == -1:  # (C, D): the vocabulary may grow without a rebuild
-                profile.set_shape(t.name, [1, shape[1]], [8, shape[1]], [64, shape[1]])
-            elif shape[0] == -1:
-                lo, opt, hi = [1, *shape[1:]], [6, *shape[1:]], [self.max_batch, *shape[1:]]
-                profile.set_shape(t.name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        if calibration_cache is not None:
-            config.set_calibration_profile(profile)
-        data = builder.build_serialized_network(network, config)
-        if data is None:
-            raise BundleError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
-        return bytes(data)
+        calibrator = _cache_only_calibrator(trt, calibration_cache) if calibration_cache is not None else None
+        try:
+            return build_serialized_engine(
+                trt, onnx_path, {"mixed": "fp16", "bf16": "fp16"}.get(precision, precision), calibrator=calibrator,
+                embeddings_input=self.manifest.io.embeddings_input, max_batch=self.max_batch, opt_batch=6,
+            )  # fmt: skip
+        except TensorRTError as e:
+            raise BundleError(str(e)) from None
 
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        trt, cuda = self._trt, self._cuda
         io = self.manifest.io
         feeds = {io.image_input: batch}
         if io.embeddings_input:
@@ -163,32 +272,8 @@ class TensorRTBackend(Backend):
         with self._lock:
             self._ctx.push()
             try:
-                buffers = []
-                for name, arr in feeds.items():
-                    self.context.set_input_shape(name, arr.shape)
-                    d = cuda.mem_alloc(arr.nbytes)
-                    cuda.memcpy_htod_async(d, np.ascontiguousarray(arr), self.stream)
-                    self.context.set_tensor_address(name, int(d))
-                    buffers.append(d)
-                outs = {}
-                for name in (io.boxes_output, io.scores_output):
-                    shape = tuple(self.context.get_tensor_shape(name))
-                    dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-                    host = cuda.pagelocked_empty(shape, dtype)
-                    d = cuda.mem_alloc(host.nbytes)
-                    self.context.set_tensor_address(name, int(d))
-                    buffers.append(d)
-                    outs[name] = (host, d)
-                if not self.context.execute_async_v3(self.stream.handle):
-                    raise RuntimeError("TensorRT execute_async_v3 failed")
-                for host, d in outs.values():
-                    cuda.memcpy_dtoh_async(host, d, self.stream)
-                self.stream.synchronize()
-                boxes = np.array(outs[io.boxes_output][0], dtype=np.float32)
-                scores = np.array(outs[io.scores_output][0], dtype=np.float32)
+                boxes, scores = self.runner.run(feeds, (io.boxes_output, io.scores_output))
             finally:
-                for d in buffers:
-                    d.free()
                 self._ctx.pop()
         return boxes, scores
 

@@ -1,0 +1,161 @@
+"""The TensorRT code paths (engine build for ``rtvp-export`` and the runtime backend, engine execution) against
+``tests/fake_tensorrt.py``, an emulation of the TensorRT 10/11 + pycuda API surface we call. This checks what
+we ask TensorRT for on each major version and the buffer plumbing; it does not check TensorRT itself, which
+no machine here has (the GPU tests in test_backends.py / test_export_tensorrt.py do, and skip here)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rtvp_edge.backends import load_backend
+from rtvp_edge.backends.tensorrt import TensorRTError, build_serialized_engine
+from rtvp_edge.bundle import BundleError, load_manifest
+from tests import fake_tensorrt
+from tests.test_backends import make_toy_bundle
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_bundle(tmp_path_factory.mktemp("trt") / "toy", openvino_ir=False, golden=False)
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, 64, 64), dtype=np.float32)
+
+
+def _vocab_input_onnx(path) -> None:
+    """images (B,3,8,8) and text_embeddings (C,4) both dynamic on axis 0, as in vocabulary mode ``input``."""
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["boxes"]), helper.make_node("Identity", ["text_embeddings"],
+                                                                                ["scores"])],
+        "v",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 8, 8]),
+         helper.make_tensor_value_info("text_embeddings", TensorProto.FLOAT, ["C", 4])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["B", 3, 8, 8]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["C", 4])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_trt10_int8_sets_fp16_and_int8_flags_the_calibrator_and_both_profiles(monkeypatch, tmp_path):
+    trt, _ = fake_tensorrt.install(monkeypatch, "10.8.0")
+    _vocab_input_onnx(tmp_path / "v.onnx")
+    calibrator = object()
+    data = build_serialized_engine(trt, tmp_path / "v.onnx", "int8", calibrator=calibrator, max_batch=8,
+                                   opt_batch=6, max_classes=64)  # fmt: skip
+    assert data.startswith(fake_tensorrt.ENGINE_MAGIC)
+    config = trt.record[-1][1]
+    assert config.flags == ["FP16", "INT8"]
+    assert config.int8_calibrator is calibrator
+    (profile,) = config.profiles
+    assert config.calibration_profile is profile
+    assert profile.shapes["images"] == ([1, 3, 8, 8], [6, 3, 8, 8], [8, 3, 8, 8])
+    assert profile.shapes["text_embeddings"] == ([1, 4], [8, 4], [64, 4])
+
+
+def test_trt10_fp32_sets_no_precision_flag_and_refuses_a_calibrator(monkeypatch, tmp_path):
+    trt, _ = fake_tensorrt.install(monkeypatch, "10.8.0")
+    _vocab_input_onnx(tmp_path / "v.onnx")
+    build_serialized_engine(trt, tmp_path / "v.onnx", "fp32")
+    assert trt.record[-1][1].flags == []
+    with pytest.raises(ValueError, match="calibrator needs precision int8"):
+        build_serialized_engine(trt, tmp_path / "v.onnx", "fp16", calibrator=object())
+
+
+def test_trt11_is_strongly_typed_no_precision_flags_no_calibrators(monkeypatch, tmp_path, caplog):
+    # The fake 11.x has no BuilderFlag.FP16/INT8 and no int8_calibrator: asking for them would raise.
+    trt, _ = fake_tensorrt.install(monkeypatch, "11.1.0")
+    _vocab_input_onnx(tmp_path / "v.onnx")
+    build_serialized_engine(trt, tmp_path / "v.onnx", "int8")  # from a Q/DQ graph: its types decide
+    assert trt.record[-1][1].flags == []
+    with caplog.at_level(logging.WARNING):
+        build_serialized_engine(trt, tmp_path / "v.onnx", "fp16")
+    assert "strongly typed" in caplog.text and "v.onnx" in caplog.text
+    with pytest.raises(ValueError, match="Q/DQ"):
+        build_serialized_engine(trt, tmp_path / "v.onnx", "int8", calibrator=object())
+
+
+def test_build_errors_name_the_file(monkeypatch, tmp_path):
+    trt, _ = fake_tensorrt.install(monkeypatch, "10.8.0")
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00not a graph")
+    with pytest.raises(TensorRTError, match="broken.onnx: TensorRT cannot parse"):
+        build_serialized_engine(trt, bad, "fp16")
+    _vocab_input_onnx(tmp_path / "v.onnx")
+    trt.fail_build = True
+    with pytest.raises(TensorRTError, match="v.onnx: TensorRT failed to build"):
+        build_serialized_engine(trt, tmp_path / "v.onnx", "fp16")
+    with pytest.raises(ValueError, match="fp32, fp16 or int8"):
+        build_serialized_engine(trt, tmp_path / "v.onnx", "fp8")
+
+
+def test_runtime_backend_builds_caches_and_runs_like_onnxruntime(monkeypatch, tmp_path, toy):
+    trt, cuda = fake_tensorrt.install(monkeypatch, "10.8.0")
+    monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path / "cache"))
+    m = load_manifest(toy)
+    backend = load_backend("tensorrt", toy, m, "0")
+    assert trt.builds == 1 and trt.record[-1][1].flags == ["FP16"]  # no tensorrt artifact: FP16 engine
+    cached = list((tmp_path / "cache" / "tensorrt").glob("*.engine"))
+    assert len(cached) == 1 and "Fake_GPU_80GB-trt10.8.0-fp16" in cached[0].name
+    x = _batch(6)
+    boxes, scores = backend.infer(x)
+    ref_boxes, ref_scores = load_backend("onnxruntime", toy, m).infer(x)
+    np.testing.assert_allclose(boxes, ref_boxes, atol=1e-6)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    assert np.ptp(scores) > 0.5  # image-dependent outputs, so a mix-up of buffers would show
+    assert cuda.live() == 0, "device buffers are freed after each call"
+    assert cuda.contexts.count("push") == cuda.contexts.count("pop") >= 2
+    backend.close()
+    assert cuda.contexts[-1] == "detach"
+    # the next start finds the engine in the cache and builds nothing
+    load_backend("tensorrt", toy, m, "0").close()
+    assert trt.builds == 1
+
+
+def test_runtime_backend_names_a_cached_engine_it_cannot_read(monkeypatch, tmp_path, toy):
+    trt, _ = fake_tensorrt.install(monkeypatch, "10.8.0")
+    monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path / "cache"))
+    m = load_manifest(toy)
+    load_backend("tensorrt", toy, m, "0").close()
+    (engine,) = (tmp_path / "cache" / "tensorrt").glob("*.engine")
+    engine.write_bytes(b"written by another TensorRT")
+    with pytest.raises(
+        BundleError, match=f"{engine.name}: TensorRT cannot deserialize.*next start rebuilds it"
+    ):
+        load_backend("tensorrt", toy, m, "0")
+
+
+def test_export_build_engine_and_runner_share_the_runtime_code(monkeypatch, tmp_path, toy):
+    from export.tensorrt import TensorRTRunner, build_engine
+
+    trt, cuda = fake_tensorrt.install(monkeypatch, "10.8.0")
+    engine = build_engine(toy / "model.onnx", tmp_path / "trt" / "m.engine", "int8", calibrator=object())
+    assert engine.is_file() and not list(engine.parent.glob("*.tmp"))
+    assert trt.record[-1][1].flags == ["FP16", "INT8"]
+    x = _batch(3, seed=1)
+    boxes, scores = TensorRTRunner(engine)(x)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(toy / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x}
+    )
+    np.testing.assert_allclose(boxes, ref[0], atol=1e-6)
+    np.testing.assert_allclose(scores, ref[1], atol=1e-6)
+    assert cuda.live() == 0
+
+
+@pytest.mark.parametrize(("version", "recorded"), [("10.8.0", "fp16"), ("11.1.0", "fp32")])
+def test_export_records_the_precision_the_engine_really_has(monkeypatch, tmp_path, toy, version, recorded):
+    from export.tensorrt import export_tensorrt
+
+    trt, _ = fake_tensorrt.install(monkeypatch, version)
+    art, runner = export_tensorrt(toy / "model.onnx", tmp_path, None, half=True, int8=False, embeddings=None)
+    assert art.precision == recorded  # TensorRT 11 builds an FP32 graph as FP32: the bundle must not say FP16
+    assert art.path == f"tensorrt/model.Fake_GPU_80GB.trt{version}.{recorded}.engine"
+    assert (tmp_path / art.path).is_file() and art.properties == {"tensorrt": version}
+    assert runner(_batch(2))[1].shape == (2, 64, 2)
