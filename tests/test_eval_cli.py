@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from rtvp_edge.rig import RigConfig
@@ -164,3 +165,45 @@ def test_train_names_the_broken_annotation_file(rig_data, tmp_path, capsys):
     )
     code, cap = _train_main(["--config", str(cfg)], capsys)
     assert code == 2 and "train.json" in cap.err
+
+
+class _FixedBoxes(torch.nn.Module):
+    """Two boxes per image: the first best in class 1 (0.9), the second best in class 2 (0.8)."""
+
+    def forward_inference(self, images, text_embeds):
+        b, c = images.shape[0], text_embeds.shape[0]
+        boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 60.0, 60.0]]).expand(b, 2, 4)
+        scores = torch.full((b, 2, c), 0.05)
+        scores[:, 0, 1], scores[:, 1, 2] = 0.9, 0.8
+        return boxes, scores
+
+
+def test_class_agnostic_detection_scores_each_box_by_its_best_class(rig_data):
+    from rtvp_edge.preprocess import PreprocessSpec
+    from training.data.coco import load_coco_split
+    from training.datasets import DetectionDataset
+    from training.evaluate import ANY_CLASS, detect_dataset
+
+    split = load_coco_split(rig_data["closed"], "val")
+    dataset = DetectionDataset(split, SEEN, PreprocessSpec((64, 64)))
+    emb = torch.zeros(len(SEEN), 4)
+    aware = detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1])
+    agnostic = detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1], class_agnostic=True)
+    assert [d.class_name for d in aware[0]] == [SEEN[1], SEEN[2]]
+    assert [(d.class_name, d.class_id, round(d.score, 3)) for d in agnostic[0]] == [
+        (ANY_CLASS, 0, 0.9),
+        (ANY_CLASS, 0, 0.8),
+    ]
+    assert [d.box for d in agnostic[1]] == [d.box for d in aware[1]]
+
+
+def test_eval_class_agnostic_reports_both(rig_data, seen_checkpoint, tmp_path, capsys):
+    out = tmp_path / "agn"
+    args = ["--checkpoint", str(seen_checkpoint), "--data", str(rig_data["closed"]), "--out", str(out),
+            "--device", "cpu", "--samples", "0", "--text-cache", str(tmp_path / "c"), "--class-agnostic"]  # fmt: skip
+    code, cap = _eval(args, capsys)
+    assert code == 0, cap.err
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["class_agnostic"]["metrics"]) == set(METRIC_NAMES)
+    assert set(report["per_class"]) == set(SEEN)  # the class-aware result is still the main one
+    assert "class-agnostic AP" in cap.out

@@ -27,6 +27,8 @@ from training import dist
 from training.coco_eval import coco_evaluate, coco_ground_truth
 from training.datasets import DataError, DetectionDataset, collate, read_image, shard_indices
 
+ANY_CLASS = "any class"  # the one class of a class-agnostic evaluation
+
 
 @torch.no_grad()
 def detect_dataset(
@@ -43,6 +45,7 @@ def detect_dataset(
     workers: int = 0,
     indices: Sequence[int] | None = None,
     progress: bool = False,
+    class_agnostic: bool = False,
 ) -> dict[int, list[Detection]]:
     """Detections for (a shard of) a data set.
 
@@ -52,6 +55,8 @@ def detect_dataset(
         dataset: an evaluation data set (no augmentation).
         text_embeds: (C, D) embeddings of ``dataset.vocabulary``.
         indices: positions to run (None = all).
+        class_agnostic: score each box by its best class and decode one class (``ANY_CLASS``): where a
+            detector finds defects, whatever it calls them.
     Returns:
         ``{position: [Detection in image pixels]}``.
     """
@@ -79,12 +84,15 @@ def detect_dataset(
         ):
             boxes, scores = model.forward_inference(images, emb)
         boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+        vocabulary = dataset.vocabulary
+        if class_agnostic:
+            scores, vocabulary = scores.max(-1, keepdims=True), [ANY_CLASS]
         for k, m in enumerate(meta):
             out[m["index"]] = decode_detections(
                 boxes[k],
                 scores[k],
                 m["letterbox"],
-                dataset.vocabulary,
+                vocabulary,
                 score_threshold=score_threshold,
                 iou_threshold=iou_threshold,
                 max_detections=max_detections,
@@ -96,12 +104,14 @@ def evaluate_dataset(
     model: torch.nn.Module,
     dataset: DetectionDataset,
     text_embeds: torch.Tensor,
+    class_agnostic: bool = False,
     **kwargs,
 ) -> tuple[dict, dict[int, list[Detection]]]:
     """COCO metrics of ``model`` on ``dataset`` (sharded over processes when a process group exists).
 
     Args:
         model, dataset, text_embeds, kwargs: as ``detect_dataset``.
+        class_agnostic: every ground-truth box and detection counts as one class, ``ANY_CLASS``.
     Returns:
         The ``training.coco_eval.coco_evaluate`` result (``metrics``, ``per_class``, ``pr_curve_50``) plus
         ``n_images``, and every image's detections.
@@ -110,7 +120,12 @@ def evaluate_dataset(
     if dist.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     mine = detect_dataset(
-        model, dataset, text_embeds, indices=shard_indices(len(dataset), rank, world), **kwargs
+        model,
+        dataset,
+        text_embeds,
+        indices=shard_indices(len(dataset), rank, world),
+        class_agnostic=class_agnostic,
+        **kwargs,
     )
     detections: dict[int, list[Detection]] = {}
     for part in dist.all_gather_objects(mine):
@@ -121,8 +136,9 @@ def evaluate_dataset(
         b, c = dataset.targets_of(i)
         sizes.append((int(rec.height), int(rec.width)))
         gt_boxes.append(b)
-        gt_cls.append(c)
-    gt = coco_ground_truth(sizes, gt_boxes, gt_cls, dataset.vocabulary)
+        gt_cls.append(c * 0 if class_agnostic else c)
+    vocabulary = [ANY_CLASS] if class_agnostic else dataset.vocabulary
+    gt = coco_ground_truth(sizes, gt_boxes, gt_cls, vocabulary)
     results = [
         {
             "image_id": i,
@@ -133,7 +149,7 @@ def evaluate_dataset(
         for i, dets in detections.items()
         for d in dets
     ]
-    result = coco_evaluate(gt, results, dataset.vocabulary)
+    result = coco_evaluate(gt, results, vocabulary)
     result["n_images"] = len(dataset)
     result["n_detections"] = len(results)
     return result, detections
@@ -240,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-score", type=float, default=0.25, help="minimum score drawn on sample pictures")
     p.add_argument("--text-cache", default="", help="text-embedding cache directory")
     p.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA weights")
+    p.add_argument(
+        "--class-agnostic",
+        action="store_true",
+        help="also score boxes regardless of class (every box scored by its best class): locating vs naming",
+    )
     return p
 
 
@@ -272,6 +293,19 @@ def _main(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         progress=sys.stderr.isatty(),
     )
+    if args.class_agnostic:
+        agnostic, _ = evaluate_dataset(
+            model,
+            dataset,
+            emb,
+            class_agnostic=True,
+            batch_size=args.batch_size,
+            device=device,
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold,
+            max_detections=args.max_detections,
+        )
+        result["class_agnostic"] = {k: agnostic[k] for k in ("metrics", "n_detections")}
     tag = args.classes if args.classes in ("seen", "unseen", "all") else "custom"
     out = Path(args.out or Path("runs") / "eval" / f"{Path(args.checkpoint).parent.name}_{args.split}_{tag}")
     out.mkdir(parents=True, exist_ok=True)
@@ -300,6 +334,9 @@ def _main(args: argparse.Namespace) -> int:
     print(" ".join(f"{k} {fmt(m[k])}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     for name, pc in result["per_class"].items():
         print(f"  {name:<20s} AP {fmt(pc['AP'])}  AP50 {fmt(pc['AP50'])}  ({pc['n_gt']} boxes)")
+    if "class_agnostic" in result:
+        ma = result["class_agnostic"]["metrics"]
+        print("class-agnostic " + " ".join(f"{k} {fmt(ma[k])}" for k in ("AP", "AP50", "AP75")))
     print(f"wrote {out / 'eval.json'}")
     return 0
 
