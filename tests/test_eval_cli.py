@@ -187,14 +187,21 @@ def test_class_agnostic_detection_scores_each_box_by_its_best_class(rig_data):
     split = load_coco_split(rig_data["closed"], "val")
     dataset = DetectionDataset(split, SEEN, PreprocessSpec((64, 64)))
     emb = torch.zeros(len(SEEN), 4)
-    aware = detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1])
-    agnostic = detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1], class_agnostic=True)
+    agnostic = {}
+    aware = detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1], agnostic_out=agnostic)
+    assert detect_dataset(_FixedBoxes(), dataset, emb, indices=[0, 1]) == aware  # the same class-aware result
     assert [d.class_name for d in aware[0]] == [SEEN[1], SEEN[2]]
     assert [(d.class_name, d.class_id, round(d.score, 3)) for d in agnostic[0]] == [
         (ANY_CLASS, 0, 0.9),
         (ANY_CLASS, 0, 0.8),
     ]
     assert [d.box for d in agnostic[1]] == [d.box for d in aware[1]]
+    from training.evaluate import evaluate_dataset
+
+    both, _ = evaluate_dataset(_FixedBoxes(), dataset, emb, class_agnostic=True)
+    plain, _ = evaluate_dataset(_FixedBoxes(), dataset, emb)
+    assert both["metrics"] == plain["metrics"] and "class_agnostic" not in plain
+    assert both["class_agnostic"]["n_detections"] == 2 * len(dataset)
 
 
 def test_eval_class_agnostic_reports_both(rig_data, seen_checkpoint, tmp_path, capsys):

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -45,7 +46,7 @@ def detect_dataset(
     workers: int = 0,
     indices: Sequence[int] | None = None,
     progress: bool = False,
-    class_agnostic: bool = False,
+    agnostic_out: dict[int, list[Detection]] | None = None,
 ) -> dict[int, list[Detection]]:
     """Detections for (a shard of) a data set.
 
@@ -55,8 +56,9 @@ def detect_dataset(
         dataset: an evaluation data set (no augmentation).
         text_embeds: (C, D) embeddings of ``dataset.vocabulary``.
         indices: positions to run (None = all).
-        class_agnostic: score each box by its best class and decode one class (``ANY_CLASS``): where a
-            detector finds defects, whatever it calls them.
+        agnostic_out: when given, also filled from the same forward pass with the class-agnostic decoding
+            (each box scored by its best class, one class ``ANY_CLASS``): where the detector finds defects,
+            whatever it calls them.
     Returns:
         ``{position: [Detection in image pixels]}``.
     """
@@ -84,19 +86,17 @@ def detect_dataset(
         ):
             boxes, scores = model.forward_inference(images, emb)
         boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
-        vocabulary = dataset.vocabulary
-        if class_agnostic:
-            scores, vocabulary = scores.max(-1, keepdims=True), [ANY_CLASS]
+        decode = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,
+                  "max_detections": max_detections}  # fmt: skip
+        best = scores.max(-1, keepdims=True) if agnostic_out is not None else None
         for k, m in enumerate(meta):
             out[m["index"]] = decode_detections(
-                boxes[k],
-                scores[k],
-                m["letterbox"],
-                vocabulary,
-                score_threshold=score_threshold,
-                iou_threshold=iou_threshold,
-                max_detections=max_detections,
+                boxes[k], scores[k], m["letterbox"], dataset.vocabulary, **decode
             )
+            if best is not None:
+                agnostic_out[m["index"]] = decode_detections(
+                    boxes[k], best[k], m["letterbox"], [ANY_CLASS], **decode
+                )
     return out
 
 
@@ -111,7 +111,8 @@ def evaluate_dataset(
 
     Args:
         model, dataset, text_embeds, kwargs: as ``detect_dataset``.
-        class_agnostic: every ground-truth box and detection counts as one class, ``ANY_CLASS``.
+        class_agnostic: also score the class-agnostic decoding of the same forward pass, every ground-truth
+            box counted as one class (``result["class_agnostic"]``: ``metrics``, ``n_detections``).
     Returns:
         The ``training.coco_eval.coco_evaluate`` result (``metrics``, ``per_class``, ``pr_curve_50``) plus
         ``n_images``, and every image's detections.
@@ -119,12 +120,13 @@ def evaluate_dataset(
     rank, world = 0, 1
     if dist.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    agnostic: dict[int, list[Detection]] | None = {} if class_agnostic else None
     mine = detect_dataset(
         model,
         dataset,
         text_embeds,
         indices=shard_indices(len(dataset), rank, world),
-        class_agnostic=class_agnostic,
+        agnostic_out=agnostic,
         **kwargs,
     )
     detections: dict[int, list[Detection]] = {}
@@ -136,9 +138,23 @@ def evaluate_dataset(
         b, c = dataset.targets_of(i)
         sizes.append((int(rec.height), int(rec.width)))
         gt_boxes.append(b)
-        gt_cls.append(c * 0 if class_agnostic else c)
-    vocabulary = [ANY_CLASS] if class_agnostic else dataset.vocabulary
-    gt = coco_ground_truth(sizes, gt_boxes, gt_cls, vocabulary)
+        gt_cls.append(c)
+    result = _coco(
+        detections, coco_ground_truth(sizes, gt_boxes, gt_cls, dataset.vocabulary), dataset.vocabulary
+    )
+    result["n_images"] = len(dataset)
+    if agnostic is not None:
+        merged: dict[int, list[Detection]] = {}
+        for part in dist.all_gather_objects(agnostic):
+            merged.update(part)
+        gt = coco_ground_truth(sizes, gt_boxes, [np.zeros_like(c) for c in gt_cls], [ANY_CLASS])
+        scored = _coco(merged, gt, [ANY_CLASS])
+        result["class_agnostic"] = {"metrics": scored["metrics"], "n_detections": scored["n_detections"]}
+    return result, detections
+
+
+def _coco(detections: dict[int, list[Detection]], gt, vocabulary: list[str]) -> dict:
+    """``coco_evaluate`` of per-image detections against ``gt``, plus ``n_detections``."""
     results = [
         {
             "image_id": i,
@@ -150,9 +166,8 @@ def evaluate_dataset(
         for d in dets
     ]
     result = coco_evaluate(gt, results, vocabulary)
-    result["n_images"] = len(dataset)
     result["n_detections"] = len(results)
-    return result, detections
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -292,20 +307,8 @@ def _main(args: argparse.Namespace) -> int:
         iou_threshold=args.iou_threshold,
         max_detections=args.max_detections,
         progress=sys.stderr.isatty(),
+        class_agnostic=args.class_agnostic,
     )
-    if args.class_agnostic:
-        agnostic, _ = evaluate_dataset(
-            model,
-            dataset,
-            emb,
-            class_agnostic=True,
-            batch_size=args.batch_size,
-            device=device,
-            score_threshold=args.score_threshold,
-            iou_threshold=args.iou_threshold,
-            max_detections=args.max_detections,
-        )
-        result["class_agnostic"] = {k: agnostic[k] for k in ("metrics", "n_detections")}
     tag = args.classes if args.classes in ("seen", "unseen", "all") else "custom"
     out = Path(args.out or Path("runs") / "eval" / f"{Path(args.checkpoint).parent.name}_{args.split}_{tag}")
     out.mkdir(parents=True, exist_ok=True)
