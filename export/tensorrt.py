@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtvp_edge.backends.tensorrt import EngineRunner, build_serialized_engine, trt_major
+from rtvp_edge.backends.tensorrt import EngineRunner, build_serialized_engine, built_precision, trt_major
 
 log = logging.getLogger("rtvp_export")
 
@@ -236,7 +236,11 @@ def export_tensorrt(
 
     gpu = cuda.Device(0).name()
     precision = "int8" if int8 else "fp16" if half else "fp32"
-    engine = bundle_dir / "tensorrt" / engine_filename(gpu, trt.__version__, precision)
+    engine = (
+        bundle_dir
+        / "tensorrt"
+        / engine_filename(gpu, trt.__version__, built_precision(trt.__version__, precision))
+    )
     source = onnx_path
     calibrator = None
     notes = f"built for {gpu} with TensorRT {trt.__version__}"
@@ -260,10 +264,8 @@ def export_tensorrt(
                 CalibrationBatches(samples, min(8, len(samples))), cache, "images"
             )
             notes += "; IInt8EntropyCalibrator2, cache tensorrt/calibration.cache"
-    if trt_major(trt.__version__) >= 11 and precision == "fp16":
-        precision = "fp32"  # strongly typed: an FP32 graph builds FP32 (build_serialized_engine logs why)
-        engine = bundle_dir / "tensorrt" / engine_filename(gpu, trt.__version__, precision)
     build_engine(source, engine, precision, calibrator=calibrator)
+    precision = built_precision(trt.__version__, precision)  # what the bundle records is what was built
     art = Artifact(
         backend="tensorrt",
         path=engine.relative_to(bundle_dir).as_posix(),

@@ -159,3 +159,12 @@ def test_export_records_the_precision_the_engine_really_has(monkeypatch, tmp_pat
     assert art.path == f"tensorrt/model.Fake_GPU_80GB.trt{version}.{recorded}.engine"
     assert (tmp_path / art.path).is_file() and art.properties == {"tensorrt": version}
     assert runner(_batch(2))[1].shape == (2, 64, 2)
+
+
+def test_runtime_cache_key_names_the_precision_trt11_really_builds(monkeypatch, tmp_path, toy):
+    trt, _ = fake_tensorrt.install(monkeypatch, "11.1.0")
+    monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path / "cache"))
+    load_backend("tensorrt", toy, load_manifest(toy), "0").close()
+    assert trt.record[-1][1].flags == []  # no FP16 flag to set on a strongly typed build
+    (engine,) = (tmp_path / "cache" / "tensorrt").glob("*.engine")
+    assert engine.name.endswith("-trt11.1.0-fp32.engine")

@@ -44,6 +44,15 @@ def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
 
+def built_precision(trt_version: str, precision: str) -> str:
+    """The precision an engine asked for ``precision`` really has on this TensorRT version.
+
+    TensorRT >= 11 is strongly typed: an FP32 graph builds FP32 whatever is asked (FP16 needs a mixed-precision
+    graph from ModelOpt AutoCast, which this project does not make); INT8 comes from the Q/DQ graph's types.
+    """
+    return "fp32" if trt_major(trt_version) >= 11 and precision == "fp16" else precision
+
+
 def build_serialized_engine(
     trt,
     onnx_path: str | os.PathLike,
@@ -93,7 +102,7 @@ def build_serialized_engine(
             config.set_flag(trt.BuilderFlag.INT8)
             if calibrator is not None:
                 config.int8_calibrator = calibrator
-    elif precision == "fp16":
+    elif built_precision(trt.__version__, precision) != precision:
         log.warning("TensorRT %s is strongly typed: %s builds with the graph's own types (FP32), not FP16",
                     trt.__version__, Path(onnx_path).name)  # fmt: skip
     profile = builder.create_optimization_profile()
@@ -240,6 +249,7 @@ class TensorRTBackend(Backend):
                     trt.__version__,
                 )
                 precision = "fp16"
+        precision = built_precision(trt.__version__, precision)  # the cache key names what is built
         key = f"{sha256_file(source)[:16]}-{re.sub(r'[^A-Za-z0-9]+', '_', self.gpu_name)}-trt{trt.__version__}-{precision}"
         engine_path = engine_cache_dir() / f"{key}.engine"
         if not engine_path.is_file():
@@ -259,7 +269,7 @@ class TensorRTBackend(Backend):
         try:
             return build_serialized_engine(
                 trt, onnx_path, {"mixed": "fp16", "bf16": "fp16"}.get(precision, precision), calibrator=calibrator,
-                embeddings_input=self.manifest.io.embeddings_input, max_batch=self.max_batch, opt_batch=6,
+                embeddings_input=self.manifest.io.embeddings_input, max_batch=self.max_batch,
             )  # fmt: skip
         except TensorRTError as e:
             raise BundleError(str(e)) from None
