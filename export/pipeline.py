@@ -482,6 +482,7 @@ def export_bundle(
                     version=options.model_version or _version(source),
                     variant=source.model_name,
                     parameters=int(n_params),
+                    encoder=_encoder_provenance(source),
                 ),
                 preprocess=PreprocessInfo(
                     input_size=tuple(spec.input_size),
@@ -489,6 +490,7 @@ def export_bundle(
                     color=spec.color,
                     mean=tuple(spec.mean),
                     std=tuple(spec.std),
+                    crop=None if spec.crop is None else tuple(spec.crop),
                 ),
                 io=IOInfo(
                     embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None,
@@ -592,6 +594,12 @@ def _accuracy_control(eval_set: EvalSet | None, spec, class_names, feed_emb, max
         return coco_metrics(eval_set, detections, class_names)["AP50"] / 100.0
 
     return samples, validate, max_ap_drop / 100.0
+
+
+def _encoder_provenance(source) -> dict[str, str] | None:
+    """The general encoder's provenance recorded by rtvp-train (None for older checkpoints)."""
+    prov = source.provenance.get("general_encoder")
+    return {str(k): str(v) for k, v in prov.items()} if isinstance(prov, dict) else None
 
 
 def _version(source: ExportSource) -> str:

@@ -135,13 +135,7 @@ def load_source(checkpoint: str | os.PathLike) -> ExportSource:
     name = str(cfg_dict.get("variant") or cfg_dict.get("name") or type(model).__name__)
     pre = info["preprocess"]
     pre_dict = dataclasses.asdict(pre) if dataclasses.is_dataclass(pre) else dict(pre)
-    spec = PreprocessSpec(
-        input_size=tuple(pre_dict.get("input_size", (640, 640))),
-        pad_value=int(pre_dict.get("pad_value", 114)),
-        color=str(pre_dict.get("color", "RGB")),
-        mean=tuple(pre_dict.get("mean", (0.0, 0.0, 0.0))),
-        std=tuple(pre_dict.get("std", (1.0, 1.0, 1.0))),
-    )
+    spec = PreprocessSpec.from_dict(pre_dict)
     classes = []
     for i, c in enumerate(info["vocabulary"]):
         name_i = c["name"] if isinstance(c, dict) else getattr(c, "name", None)

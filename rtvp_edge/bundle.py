@@ -43,6 +43,8 @@ class ModelInfo(_Strict):
     variant: str = "rtvpnet_s"
     parameters: int | None = None  # deployed parameters (text encoder excluded)
     gflops: float | None = None  # at the bundle's input size
+    # The frozen general encoder and where its weights came from: {encoder, source, file, sha256, licence}.
+    encoder: dict[str, str] | None = None
 
 
 class PreprocessInfo(_Strict):
@@ -51,10 +53,18 @@ class PreprocessInfo(_Strict):
     color: Literal["RGB", "BGR"] = "RGB"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # (x1, y1, x2, y2) camera-pixel region the model was trained on (None: the whole image); a line file's
+    # camera ``roi`` replaces it for that camera.
+    crop: tuple[int, int, int, int] | None = None
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(
-            tuple(self.input_size), self.pad_value, self.color, tuple(self.mean), tuple(self.std)
+            tuple(self.input_size),
+            self.pad_value,
+            self.color,
+            tuple(self.mean),
+            tuple(self.std),
+            None if self.crop is None else tuple(self.crop),
         )
 
 

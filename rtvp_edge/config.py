@@ -102,6 +102,16 @@ class CameraConfig(_Strict):
     # assembly.pairing: time only: how long after the gate trigger this camera shoots (rig: the right bank
     # shoots after the 180 degree turn), so its frames line up with the other banks'
     trigger_offset_s: float = Field(0.0, ge=0)
+    # [x1, y1, x2, y2] camera pixels: the region the model sees (where the part stands in this camera's
+    # view). None: the bundle's own crop (preprocess.crop, the region it was trained on), else the whole image.
+    crop: tuple[int, int, int, int] | None = None
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_box(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if v is not None and not (0 <= v[0] < v[2] and 0 <= v[1] < v[3]):
+            raise ValueError(f"crop {list(v)} is not 0 <= x1 < x2, 0 <= y1 < y2")
+        return v
 
     @field_validator("source")
     @classmethod

@@ -31,6 +31,8 @@ class PartInference:
         bundle_dir: the bundle (for the embeddings file in vocabulary mode ``input``).
         policy: detection filters (class thresholds, min size, ROIs).
         iou_threshold: NMS IoU, None for the bundle's default.
+        crops: camera id -> (x1, y1, x2, y2) region the model sees, replacing the bundle's crop for that
+            camera (line file ``cameras[].crop``).
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class PartInference:
         bundle_dir: str | Path,
         policy: VerdictPolicy,
         iou_threshold: float | None = None,
+        crops: dict[str, tuple[int, int, int, int]] | None = None,
     ) -> None:
         self.backend, self.manifest, self.policy = backend, manifest, policy
+        self.crops = dict(crops or {})
         self.spec = manifest.preprocess.spec()
         self.class_names = [c.name for c in manifest.vocabulary.classes]
         self.embeddings = load_embeddings(bundle_dir, manifest)
@@ -56,7 +60,8 @@ class PartInference:
             on_done(part, [], None, {})
             return
         t0 = time.perf_counter()
-        batch, lbs = preprocess([f.image for f in part.frames], self.spec)  # (V, 3, H, W)
+        crops = [self.crops.get(f.camera_id) for f in part.frames]
+        batch, lbs = preprocess([f.image for f in part.frames], self.spec, crops)  # (V, 3, H, W)
         t1 = time.perf_counter()
 
         def done(boxes: np.ndarray | None, scores: np.ndarray | None, err: BaseException | None) -> None:

@@ -499,7 +499,10 @@ def build_pipeline(
     )  # fmt: skip
     try:
         policy = build_policy(config, manifest)
-        inference = PartInference(backend, manifest, m.bundle, policy, config.detection.iou_threshold)
+        crops = {c.id: c.crop for c in config.cameras if c.crop is not None}
+        inference = PartInference(
+            backend, manifest, m.bundle, policy, config.detection.iou_threshold, crops=crops
+        )
         try:
             sources, rig = build_sources(config)
         except ValueError as e:  # e.g. the rig refuses a setting the schema let through

@@ -212,3 +212,16 @@ def test_sim_cameras_share_one_resolution(tmp_path, bundle):
         .replace("    view: 0\n", "    view: 0\n    resolution: {width: 700, height: 820}\n")
     )
     assert "renders one image size" in error_of(write(tmp_path, text))
+
+
+def test_camera_crop_is_read_and_a_bad_one_names_the_key(tmp_path, bundle):
+    good = LINE.replace("    view: 0\n", "    view: 0\n    crop: [100, 208, 600, 784]\n", 1).format(
+        bundle=bundle
+    )
+    cfg = load_line_config(write(tmp_path, good))
+    assert cfg.cameras[0].crop == (100, 208, 600, 784) and cfg.cameras[1].crop is None
+    bad = LINE.replace("    view: 0\n", "    view: 0\n    crop: [600, 208, 100, 784]\n", 1).format(
+        bundle=bundle
+    )
+    msg = error_of(write(tmp_path, bad, "bad.yaml"))
+    assert "bad.yaml" in msg and "crop" in msg

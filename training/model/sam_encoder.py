@@ -141,6 +141,17 @@ class SamImageEncoder(nn.Module):
         """Feature contract: name -> (channels, stride in this encoder's input pixels)."""
         return {"s8": FeatureSpec(128, 8), "s16": FeatureSpec(160, 16), "neck": FeatureSpec(256, 16)}
 
+    def provenance(self) -> dict[str, str]:
+        """Where the weights came from (recorded in checkpoints and bundle manifests)."""
+        if self.checkpoint:
+            return {
+                "encoder": "mobile_sam_t",
+                "weights": self.checkpoint,
+                "source": "mobile_sam.pt (MobileSAM)",
+                "licence": "Apache-2.0 (MobileSAM)",
+            }
+        return {"encoder": "mobile_sam_t", "weights": "random or from the model state dict", "licence": "n/a"}
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         # The TinyViT modules are run one by one (not TinyViT.forward_features) to (a) derive the token
