@@ -56,7 +56,8 @@ class CalibrationSet:
     """Letterboxed calibration images held in memory (uint8, BGR, model input size).
 
     Kept as uint8 rather than float tensors: 4x less memory; ``batches`` normalises through the shared
-    ``preprocess`` (a letterbox of an image already at input size is the identity).
+    ``preprocess`` (a letterbox of an image already at input size is the identity; the crop was applied
+    when the set was built).
     """
 
     images: list[np.ndarray]  # each (H, W, 3) uint8 BGR at spec.input_size
@@ -71,12 +72,13 @@ class CalibrationSet:
 
     def sample(self, i: int) -> np.ndarray:
         """(1, 3, H, W) float32 model input of image ``i``."""
-        return preprocess([self.images[i]], self.spec)[0]
+        return preprocess([self.images[i]], self.spec.with_crop(None))[0]
 
     def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
         """(B, 3, H, W) float32 batches in a fixed order; the last batch may be smaller."""
         for start in range(0, len(self.images), batch_size):
-            yield preprocess(self.images[start : start + batch_size], self.spec)[0]
+            # the images are already cropped and letterboxed: only the normalisation is left to do
+            yield preprocess(self.images[start : start + batch_size], self.spec.with_crop(None))[0]
 
     def describe(self) -> dict:
         """Calibration provenance for the manifest."""
@@ -126,5 +128,5 @@ def build_calibration_set(
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise ExportError(f"calibration image {p}: cannot be read as an image")
-        images.append(letterbox(img, spec.input_size, spec.pad_value)[0])
+        images.append(letterbox(img, spec.input_size, spec.pad_value, spec.crop)[0])
     return CalibrationSet(images, paths, spec, str(source), kind, seed)

@@ -483,3 +483,18 @@ def test_bad_option_values_are_refused_before_any_work():
     with pytest.raises(ExportError, match=r"--score-threshold must be in \[0, 1\], got 1.5"):
         check_options(ExportOptions(score_threshold=1.5))
     check_options(ExportOptions(class_thresholds="none"))  # a valid one passes
+
+
+def test_calibration_images_get_the_crop_once(tmp_path):
+    """The calibration set holds cropped + letterboxed images; its model inputs equal the runtime's."""
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(3)
+    raw = [rng.integers(0, 255, (82, 70, 3), dtype=np.uint8) for _ in range(2)]
+    for i, img in enumerate(raw):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), img)
+    spec = PreprocessSpec((32, 32), crop=(10, 20, 60, 70))
+    cs = build_calibration_set(tmp_path / "imgs", spec, 2, progress=False)
+    order = [int(p.stem) for p in cs.paths]
+    for k in range(2):
+        assert np.array_equal(cs.sample(k), preprocess([raw[order[k]]], spec)[0])
+    assert np.array_equal(next(cs.batches(2)), np.concatenate([cs.sample(0), cs.sample(1)]))

@@ -104,7 +104,7 @@ def test_gradients_reach_expert_and_projection_not_frozen_encoders(text):
     assert all(not p.requires_grad and p.grad is None for p in model.sam.parameters())
     assert text_in.grad is None
     # The frozen SAM stays in eval mode whatever the parent does (its BN/attention caches stay fixed).
-    assert model.training and not model.sam.training and not model.sam.vit.training
+    assert model.training and not model.sam.training and not any(m.training for m in model.sam.modules())
 
 
 def test_update_off_freezes_expert_in_joint_stage(text):
@@ -200,8 +200,12 @@ def test_model_keeps_resolved_config():
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
 
 
-def test_random_sam_warns_loudly():
+@pytest.mark.parametrize("encoder", ["mobile_sam_t", "efficientnet_lite0"])
+def test_random_encoder_only_by_name_and_warned_loudly(encoder):
     with pytest.warns(UserWarning, match="RANDOM weights"):
+        build_model(small_config("rtvpnet_tiny", encoder=encoder, encoder_weights="random"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the offline default loads real weights, silently
         build_model(small_config("rtvpnet_tiny"))
 
 
