@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--line", type=Path, help="line configuration (YAML)")
     g.add_argument("--bundle", type=Path, help="bundle directory")
     c.add_argument("--backend", default=None, help="with --bundle: backend to self-test (default: openvino)")
+    c.add_argument(
+        "--public-key", type=Path, default=None, help="with --bundle: require a signature by this Ed25519 key"
+    )
 
     li = sub.add_parser("listen", help="subscribe to a line's events and print them as a person reads them")
     li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
@@ -82,9 +85,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rtvp_edge.pipeline import build_policy, load_and_check_bundle
 
     if args.bundle is not None:
-        manifest = load_manifest(args.bundle)
+        manifest = load_manifest(args.bundle, public_key=args.public_key)
         backend_name = args.backend or "openvino"
-        _, backend = load_and_check_bundle(args.bundle, backend_name, selftest=False)
+        _, backend = load_and_check_bundle(
+            args.bundle, backend_name, selftest=False, public_key=args.public_key
+        )
         try:
             from rtvp_edge.selftest import run_golden_selftest
 
@@ -100,7 +105,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_line_config(args.line)
     m = config.model
     manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
     )
     try:
         policy = build_policy(config, manifest)

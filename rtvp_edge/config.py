@@ -174,6 +174,20 @@ class ModelConfig(_Strict):
     threads: int = Field(0, ge=0)  # 0: backend default
     infer_requests: int = Field(2, ge=1, le=16)  # parts in flight (OpenVINO async requests)
     selftest: bool = True  # run the bundle's golden self-test at start (refuse to start on failure)
+    # Ed25519 public key (PEM): when set, only bundles signed by its private key start (rtvp-export sign)
+    public_key: str | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _key_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        p = Path(v)
+        if not p.is_absolute():
+            p = _base_dir(info) / p
+        if not p.is_file():
+            raise ValueError(f"public key file not found: {p}")
+        return str(p.resolve())
 
     @field_validator("bundle")
     @classmethod

@@ -426,13 +426,15 @@ def load_and_check_bundle(
     threads: int = 0,
     infer_requests: int = 2,
     selftest: bool = True,
+    public_key: str | None = None,
 ) -> tuple[BundleManifest, Backend]:
-    """Verify a bundle's hashes, load its backend and run the golden self-test.
+    """Verify a bundle's hashes (and, with ``public_key``, its signature), load its backend and run the
+    golden self-test.
 
     Raises:
-        BundleError: tampered/incomplete bundle, backend cannot load it, or the self-test fails.
+        BundleError: tampered/incomplete/unsigned bundle, backend cannot load it, or the self-test fails.
     """
-    manifest = load_manifest(bundle_dir)
+    manifest = load_manifest(bundle_dir, public_key=public_key)
     backend = load_backend(backend_name, bundle_dir, manifest, device, threads, infer_requests)
     if selftest:
         try:
@@ -489,7 +491,7 @@ def build_pipeline(
     """
     m = config.model
     manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
     )
     log.info(
         "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
