@@ -1,7 +1,8 @@
 """``rtvp-edge``: run a line, check a line file or a bundle, listen to a line's events.
 
-Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration or refused bundle
-(the message names the file, the line and the key), 1 a runtime failure.
+Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration, refused bundle or
+unusable outbox (the message names the file, the line and the key), 1 a runtime failure (among them: the
+outbox was full with ``when_full: refuse``, so the line stopped; the message gives what was refused).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rtvp_edge import __version__
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.config import ConfigError, load_line_config
 from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
+from rtvp_edge.outbox import OutboxError
 
 log = logging.getLogger("rtvp_edge")
 
@@ -180,13 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     v = summary.verdicts
-    if pipeline.fatal:
-        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
     print(
         f"done: {summary.parts} parts in {summary.duration_s:.1f} s: OK {v.get('OK', 0)}, NG {v.get('NG', 0)}, "
         f"INCOMPLETE {v.get('INCOMPLETE', 0)}",
         file=sys.stderr,
     )
+    if pipeline.fatal:
+        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
     return EXIT_OK
 
 
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         return cmd_listen(args)
-    except (ConfigError, BundleError, MqttConfigError, MqttConnectError) as e:
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return EXIT_OK
