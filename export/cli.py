@@ -8,6 +8,7 @@ Examples::
     rtvp-export --checkpoint runs/glass/best.pt --target onnx --vocab-mode input --out bundles/glass-onnx
     rtvp-export vocab --bundle bundles/glass-onnx --vocab my_defects.yaml
     rtvp-export verify --bundle bundles/glass-int8       # hashes + golden self-test of every artifact
+    rtvp-export sign --bundle bundles/glass-int8 --key vendor.pem   # optional Ed25519 signature
 
 Exit status: 0 on success, 2 for bad input or a failed check (the message names the file/field/value).
 """
@@ -31,7 +32,7 @@ def _export_parser() -> argparse.ArgumentParser:
         prog="rtvp-export",
         description="Export an RTVPNet training checkpoint into a bundle for the rtvp-edge runtime. "
         "Subcommands: 'rtvp-export vocab ...' (new vocabulary for an input-mode bundle), "
-        "'rtvp-export verify ...' (check a bundle).",
+        "'rtvp-export verify ...' (check a bundle), 'rtvp-export sign ...' (sign a bundle).",
     )
     p.add_argument("--checkpoint", type=Path, help="training checkpoint (default: newest under --runs)")
     p.add_argument(
@@ -192,14 +193,40 @@ def run_verify(argv: list[str]) -> int:
         prog="rtvp-export verify", description="Check a bundle's hashes and run its golden self-test."
     )
     p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument(
+        "--public-key", type=Path, help="Ed25519 public key (PEM): also require a valid signature by it"
+    )
     args = p.parse_args(argv)
     try:
-        checked = verify_bundle(args.bundle)
+        manifest = None
+        if args.public_key is not None:
+            from rtvp_edge.bundle import load_manifest
+
+            manifest = load_manifest(args.bundle, public_key=args.public_key)
+        checked = verify_bundle(args.bundle, manifest)
     except Exception as e:  # BundleError and ExportError alike: report, exit non-zero
         if not isinstance(e, ExportError) and type(e).__name__ != "BundleError":
             raise
         raise ExportError(str(e)) from None
     print(f"bundle {args.bundle}: OK ({', '.join(f'{b}: {n} golden' for b, n in checked.items())})")
+    return 0
+
+
+def run_sign(argv: list[str]) -> int:
+    from rtvp_edge.bundle import sign_bundle
+
+    p = argparse.ArgumentParser(
+        prog="rtvp-export sign",
+        description="Sign a verified bundle with an Ed25519 private key (writes CHECKSUMS.sha256.sig). Make a "
+        "key pair with: openssl genpkey -algorithm ed25519 -out key.pem && "
+        "openssl pkey -in key.pem -pubout -out key.pub.pem; the line file names key.pub.pem "
+        "(model.public_key).",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key, unencrypted PEM")
+    args = p.parse_args(argv)
+    out = sign_bundle(args.bundle, args.key)
+    print(f"bundle {args.bundle}: signed ({out})")
     return 0
 
 
@@ -224,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_vocab(argv[1:])
         if argv and argv[0] == "verify":
             return run_verify(argv[1:])
+        if argv and argv[0] == "sign":
+            return run_sign(argv[1:])
         return run_export(_export_parser().parse_args(argv))
     except ExportError as e:
         print(f"rtvp-export: error: {e}", file=sys.stderr)

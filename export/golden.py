@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from export.errors import ExportError
-from rtvp_edge.bundle import BundleManifest, GoldenSample, Thresholds
+from rtvp_edge.bundle import BundleError, BundleManifest, GoldenSample, Thresholds, read_verified
 from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
@@ -130,7 +130,11 @@ def check_golden(
     thr = manifest.thresholds
     checked = 0
     for g in manifest.golden_for(backend):
-        img = cv2.imread(str(root / g.image), cv2.IMREAD_COLOR)
+        try:
+            data = read_verified(root, manifest, g.image, "golden image")  # decode what was hashed
+        except BundleError as e:
+            raise ExportError(str(e)) from None
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise ExportError(f"golden image {root / g.image} cannot be read")
         problems = match_golden(

@@ -35,6 +35,7 @@ from export.wrapper import build_wrapper
 from rtvp_edge.bundle import (
     AccuracyInfo,
     Artifact,
+    BundleError,
     BundleManifest,
     IOInfo,
     ModelInfo,
@@ -43,6 +44,7 @@ from rtvp_edge.bundle import (
     VocabularyClass,
     VocabularyInfo,
     load_manifest,
+    read_verified,
     sha256_file,
     write_manifest,
 )
@@ -611,19 +613,30 @@ def _version(source: ExportSource) -> str:
 
 
 def runner_for(bundle_dir: Path, manifest: BundleManifest, artifact: Artifact):
-    """A fresh runner for one artifact of a written bundle (the embeddings read from the bundle's file)."""
-    feed = None
-    if manifest.vocabulary.mode == "input":
-        feed = np.load(bundle_dir / manifest.vocabulary.embeddings_file)
-    path = bundle_dir / artifact.path
-    if artifact.backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, feed, precision=artifact.precision)
-    if artifact.backend == "openvino":
-        return OpenVINORunner(path, feed, artifact.properties, precision=artifact.precision)
-    if artifact.backend == "tensorrt":
-        from export.tensorrt import TensorRTRunner
+    """A fresh runner for one artifact of a written, verified bundle. Like the runtime, it loads the bytes
+    it checked against the manifest's sha256 (``read_verified``), never a path a bundle could redirect."""
+    from rtvp_edge.backends.base import load_embeddings
 
-        return TensorRTRunner(path, feed)
+    feed = load_embeddings(bundle_dir, manifest)
+    path = bundle_dir / artifact.path
+    try:
+        model = read_verified(bundle_dir, manifest, artifact.path, f"{artifact.backend} artifact")
+        if artifact.backend == "onnxruntime":
+            return OnnxRuntimeRunner(model, feed, precision=artifact.precision)
+        if artifact.backend == "openvino":
+            weights = None
+            if artifact.path.endswith(".xml"):
+                weights_rel = artifact.path[: -len(".xml")] + ".bin"
+                weights = read_verified(bundle_dir, manifest, weights_rel, "openvino artifact weights")
+            return OpenVINORunner(
+                model, feed, artifact.properties, precision=artifact.precision, weights=weights
+            )
+        if artifact.backend == "tensorrt":
+            from export.tensorrt import TensorRTRunner
+
+            return TensorRTRunner(path, feed, engine=model)
+    except BundleError as e:
+        raise ExportError(str(e)) from None
     raise ExportError(f"unknown backend {artifact.backend!r}")
 
 

@@ -40,17 +40,19 @@ class OnnxRuntimeRunner:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         embeddings: np.ndarray | None = None,
         threads: int = 0,
         precision: str = "fp32",
     ):
+        """``path``: the ONNX file, or its bytes already read (and hashed) by the caller."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.embeddings = None if embeddings is None else np.asarray(embeddings, np.float32)
         self.precision = precision
 
@@ -75,18 +77,28 @@ class OpenVINORunner:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         embeddings: np.ndarray | None = None,
         properties: dict[str, str] | None = None,
         precision: str = "fp32",
         static_batch: int | None = None,
+        weights: bytes | None = None,
     ):
+        """``path``: the IR/ONNX file, or its bytes already read (and hashed) by the caller, with the IR's
+        ``weights`` (.bin) bytes."""
         import openvino as ov
 
         core = ov.Core()
         self.properties = dict(properties or {})
-        self.path = Path(path)
-        model = core.read_model(str(self.path))
+        if isinstance(path, bytes):
+            self.path = None
+            tensor = None if weights is None else ov.Tensor(np.frombuffer(weights, dtype=np.uint8))
+            model = (
+                core.read_model(model=path) if tensor is None else core.read_model(model=path, weights=tensor)
+            )
+        else:
+            self.path = Path(path)
+            model = core.read_model(str(self.path))
         if static_batch:
             shape = model.input(IMAGES).get_partial_shape()
             shape[0] = static_batch

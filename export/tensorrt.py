@@ -198,12 +198,19 @@ class TensorRTRunner:
 
     backend = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, embeddings: np.ndarray | None = None):
+    def __init__(
+        self,
+        engine_path: str | os.PathLike,
+        embeddings: np.ndarray | None = None,
+        engine: bytes | None = None,
+    ):
+        """``engine``: the serialized engine, already read and hashed (``engine_path`` then only names it)."""
         import pycuda.autoinit  # noqa: F401  (the CUDA context export runs in)
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        self.runner = EngineRunner(trt, cuda, Path(engine_path).read_bytes(), engine_path)
+        data = engine if engine is not None else Path(engine_path).read_bytes()
+        self.runner = EngineRunner(trt, cuda, data, engine_path)
         self.embeddings = embeddings
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,15 @@ from export.bundle_writer import BundleStaging
 from export.embeddings import encode_vocabulary, load_vocabulary
 from export.errors import ExportError
 from export.golden import write_golden
-from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file, write_manifest
+from rtvp_edge.bundle import (
+    SIGNATURE,
+    BundleError,
+    BundleManifest,
+    load_manifest,
+    read_verified,
+    sha256_file,
+    write_manifest,
+)
 
 
 def swap_vocabulary(
@@ -47,7 +55,10 @@ def swap_vocabulary(
     from export.pipeline import runner_for, verify_bundle
 
     bundle = Path(bundle)
-    manifest = load_manifest(bundle)
+    try:
+        manifest = load_manifest(bundle)
+    except BundleError as e:
+        raise ExportError(str(e)) from None
     vocab = manifest.vocabulary
     if vocab.mode != "input":
         raise ExportError(
@@ -63,19 +74,35 @@ def swap_vocabulary(
     with staging as tmp:
         shutil.rmtree(tmp)
         shutil.copytree(bundle, tmp)
+        try:
+            # The copy is what the new bundle is made of: check it, not only the source (which may have
+            # changed between the check above and the copy); its hashes are rewritten below.
+            if load_manifest(tmp) != manifest:
+                raise ExportError(f"bundle {bundle} changed while it was being copied; run again")
+        except BundleError as e:
+            raise ExportError(f"bundle {bundle} changed while it was being copied: {e}") from None
+        # A signature covers the old hashes: it cannot speak for the new bundle (sign it again).
+        (tmp / SIGNATURE).unlink(missing_ok=True)
         np.save(tmp / vocab.embeddings_file, emb.astype(np.float32))
+        emb_sha = sha256_file(tmp / vocab.embeddings_file)
         new_vocab = vocab.model_copy(
             update={
                 "classes": classes,
                 "text_encoder": spec_text,
-                "embeddings_sha256": sha256_file(tmp / vocab.embeddings_file),
+                "embeddings_sha256": emb_sha,
                 "embedding_dim": int(emb.shape[1]),
             }
         )
-        draft = manifest.model_copy(update={"vocabulary": new_vocab})
+        draft = manifest.model_copy(
+            update={"vocabulary": new_vocab, "files": {**manifest.files, vocab.embeddings_file: emb_sha}}
+        )
         images = []
         for rel in dict.fromkeys(g.image for g in manifest.golden):
-            img = cv2.imread(str(tmp / rel), cv2.IMREAD_COLOR)
+            try:
+                data = read_verified(tmp, draft, rel, "golden image")
+            except BundleError as e:
+                raise ExportError(str(e)) from None
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if img is None:
                 raise ExportError(f"golden image {tmp / rel} cannot be read")
             images.append(img)

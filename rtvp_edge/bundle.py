@@ -11,13 +11,23 @@ A bundle is a directory::
 
 The schema is defined once, here, next to the code that reads it, so writer and reader cannot drift.
 Verification refuses a bundle if any byte of any listed file changed, naming the file.
+
+A bundle speaks only for itself: every path it names (``CHECKSUMS.sha256`` and ``files`` entries, artifact
+paths, the embeddings file, golden images) must be a plain relative path that, links resolved, stays inside
+the bundle directory, and must be one of the hashed files. Whatever the runtime then loads it reads once into
+memory with ``read_verified`` and checks against the manifest's sha256 before use, so the bytes a backend
+compiles are the bytes that were hashed (no window between check and use). An optional Ed25519 signature
+(``CHECKSUMS.sha256.sig``, over the exact bytes of ``CHECKSUMS.sha256``, which names the sha256 of
+manifest.json and so of every file) is checked when the caller gives a public key.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +38,8 @@ from rtvp_edge.preprocess import PreprocessSpec
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CHECKSUMS = "CHECKSUMS.sha256"
+SIGNATURE = "CHECKSUMS.sha256.sig"  # optional: base64 Ed25519 signature over the bytes of CHECKSUMS.sha256
+_NOT_HASHED = (MANIFEST, CHECKSUMS, SIGNATURE)
 
 Backend = Literal["onnxruntime", "openvino", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "mixed"]
@@ -185,12 +197,119 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def bundle_path(root: Path, rel: str, what: str) -> Path:
+    """Where ``rel``, a path the bundle names, really is: links resolved, and refused unless it stays inside.
+
+    Args:
+        root: the bundle directory, already resolved (``Path.resolve()``).
+        rel: a path from the bundle (CHECKSUMS/``files`` entry, artifact path, embeddings file, golden image).
+        what: what names it, for the message (e.g. ``"artifact path"``).
+    Returns:
+        the resolved path (it may not exist; the caller reports a missing file).
+    Raises:
+        BundleError: ``rel`` is absolute, has ``..``/``.``/empty parts or a backslash, or resolves (through
+            links) outside ``root``; the message names the path.
+    """
+    parts = rel.split("/")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\x00" in rel
+        or any(x in ("", ".", "..") for x in parts)
+    ):
+        raise BundleError(
+            f"{root}: {what} {rel!r} is not a plain relative path inside the bundle "
+            "(absolute paths, '..', '.', empty parts and backslashes are refused)"
+        )
+    try:
+        real = (root / rel).resolve()
+    except (OSError, RuntimeError) as e:  # a link loop
+        raise BundleError(f"{root / rel}: {what} cannot be resolved ({e})") from None
+    if not real.is_relative_to(root):
+        raise BundleError(
+            f"{root / rel}: {what} resolves to {real}, outside the bundle {root}; "
+            "a bundle may only name its own files (links out of it are refused)"
+        )
+    return real
+
+
+def _open_regular(real: Path, shown: Path, what: str):
+    """Open a regular file for reading without following a link swapped in after ``bundle_path`` resolved
+    it, and without blocking on a FIFO or device planted under a bundle name."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        raise BundleError(f"{shown}: {what}, named by the bundle, is missing") from None
+    except OSError as e:
+        raise BundleError(f"{shown}: cannot read {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleError(f"{shown}: {what} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_verified(
+    bundle_dir: str | os.PathLike, manifest: BundleManifest, rel: str, what: str = "file"
+) -> bytes:
+    """The bytes of one bundle file, read once and checked against the manifest's sha256 before they are
+    returned: load these bytes (never the path) and what runs is what was hashed.
+
+    Args:
+        bundle_dir: the bundle directory.
+        manifest: its manifest (from ``load_manifest``, which checked it against CHECKSUMS.sha256).
+        rel: the file's path relative to the bundle, as the manifest names it.
+        what: what the file is, for messages (e.g. ``"openvino artifact"``).
+    Raises:
+        BundleError naming the file: not hashed by the manifest, outside the bundle, missing, or changed.
+    """
+    root = Path(bundle_dir).resolve()
+    digest = manifest.files.get(rel)
+    if digest is None:
+        raise BundleError(
+            f"{root}: {what} {rel!r} is not among the files the manifest hashes; the bundle is incomplete "
+            "or was edited by hand (re-export it)"
+        )
+    real = bundle_path(root, rel, what)
+    with _open_regular(real, root / rel, what) as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BundleError(
+            f"{root / rel}: sha256 does not match the manifest; the {what} changed after the bundle was "
+            "written or checked"
+        )
+    return data
+
+
+def _hash_regular(real: Path, shown: Path, what: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with _open_regular(real, shown, what) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def named_paths(manifest: BundleManifest) -> list[tuple[str, str]]:
+    """Every ``(path, what)`` the manifest names besides its ``files`` list: artifacts (and an OpenVINO
+    IR's weights file), the embeddings file, golden images."""
+    out: list[tuple[str, str]] = []
+    for a in manifest.artifacts:
+        out.append((a.path, f"{a.backend} artifact path"))
+        if a.backend == "openvino" and a.path.endswith(".xml"):
+            out.append((a.path[: -len(".xml")] + ".bin", f"{a.backend} artifact weights"))
+    if manifest.vocabulary.mode == "input" or manifest.vocabulary.embeddings_file in manifest.files:
+        out.append((manifest.vocabulary.embeddings_file, "vocabulary.embeddings_file"))
+    out.extend((g.image, "golden image") for g in manifest.golden)
+    return out
+
+
 def _listed_files(root: Path) -> list[str]:
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
             rel = p.relative_to(root).as_posix()
-            if rel not in (MANIFEST, CHECKSUMS):
+            if rel not in _NOT_HASHED:
                 out.append(rel)
     return out
 
@@ -207,40 +326,65 @@ def write_manifest(root: str | os.PathLike, manifest: BundleManifest) -> BundleM
     return manifest
 
 
-def load_manifest(root: str | os.PathLike, verify: bool = True) -> BundleManifest:
+def load_manifest(
+    root: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None
+) -> BundleManifest:
     """Read and (by default) verify a bundle.
 
-    Raises ``BundleError`` naming the file when the directory, manifest or checksums are missing, the
-    manifest does not match the schema, a listed file is missing, or any file's sha256 differs.
+    Args:
+        root: the bundle directory.
+        verify: check every hash (False: read the manifest only, e.g. to print it).
+        public_key: an Ed25519 public key (PEM); when given, the bundle must carry a valid signature by
+            its private key (``CHECKSUMS.sha256.sig``, see ``sign_bundle``). Needs ``cryptography``.
+    Raises:
+        ``BundleError`` naming the file when the directory, manifest or checksums are missing, the
+        manifest does not match the schema, a path the bundle names is absolute, climbs out with ``..``
+        or resolves through a link outside the bundle, a named file is not hashed, a listed file is
+        missing, any file's sha256 differs, or (with ``public_key``) the signature is missing or invalid.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise BundleError(f"{root}: bundle directory not found")
-    mpath, cpath = root / MANIFEST, root / CHECKSUMS
+    shown = Path(root)
+    if not shown.is_dir():
+        raise BundleError(f"{shown}: bundle directory not found")
+    root = shown.resolve()
+    mpath, cpath = shown / MANIFEST, shown / CHECKSUMS
     for p in (mpath, cpath):
         if not p.is_file():
             raise BundleError(f"{p}: missing; not a complete rtvp-edge bundle")
+    with _open_regular(bundle_path(root, MANIFEST, "manifest"), mpath, "manifest") as f:
+        mbytes = f.read()  # read once: the bytes hashed below are the bytes parsed
     if verify:
+        with _open_regular(bundle_path(root, CHECKSUMS, "checksum list"), cpath, "checksum list") as f:
+            cbytes = f.read()
+        if public_key is not None:
+            check_signature(shown, cbytes, public_key)
         expected: dict[str, str] = {}
-        for n, line in enumerate(cpath.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(cbytes.decode(errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split("  ", 1)
             if len(parts) != 2 or len(parts[0]) != 64:
                 raise BundleError(f"{cpath}:{n}: malformed checksum line {line[:80]!r}")
+            if parts[1] in expected:
+                raise BundleError(f"{cpath}:{n}: {parts[1]!r} listed twice")
+            bundle_path(root, parts[1], f"{CHECKSUMS} line {n}: file")
             expected[parts[1]] = parts[0]
         if MANIFEST not in expected:
             raise BundleError(f"{cpath}: does not list {MANIFEST}")
         for rel, digest in expected.items():
-            p = root / rel
-            if not p.is_file():
-                raise BundleError(f"{p}: listed in {CHECKSUMS} but missing")
-            if sha256_file(p) != digest:
+            p = shown / rel
+            got = (
+                hashlib.sha256(mbytes).hexdigest()
+                if rel == MANIFEST
+                else _hash_regular(bundle_path(root, rel, "file"), p, "file listed in " + CHECKSUMS)
+            )
+            if got != digest:
                 raise BundleError(
                     f"{p}: sha256 does not match {CHECKSUMS}; the bundle was modified or corrupted"
                 )
+    elif public_key is not None:
+        raise BundleError(f"{shown}: a signature can only be checked together with the hashes (verify=True)")
     try:
-        raw = json.loads(mpath.read_text())
+        raw = json.loads(mbytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({e})") from None
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
@@ -253,11 +397,91 @@ def load_manifest(root: str | os.PathLike, verify: bool = True) -> BundleManifes
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise BundleError(f"{mpath}: field {loc!r}: {first['msg']}") from None
+    for rel in manifest.files:
+        bundle_path(root, rel, f"{MANIFEST} files entry")
+    for rel, what in named_paths(manifest):
+        bundle_path(root, rel, f"{MANIFEST} {what}")
     if verify:
         unlisted = set(_listed_files(root)) - set(manifest.files)
         if unlisted:
-            raise BundleError(f"{root}: files not in the manifest: {', '.join(sorted(unlisted))}")
+            raise BundleError(f"{shown}: files not in the manifest: {', '.join(sorted(unlisted))}")
         for rel, digest in manifest.files.items():
             if expected.get(rel) != digest:
-                raise BundleError(f"{root / rel}: manifest and {CHECKSUMS} disagree on its sha256")
+                raise BundleError(f"{shown / rel}: manifest and {CHECKSUMS} disagree on its sha256")
+        for rel, what in named_paths(manifest):
+            if rel not in manifest.files:
+                raise BundleError(
+                    f"{mpath}: {what} {rel!r} is not among the files the manifest hashes "
+                    "(every file a bundle names must be hashed)"
+                )
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional signatures (Ed25519, via the ``cryptography`` package, imported only when used)
+
+
+def _crypto():
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise BundleError(
+            "signed bundles need the 'cryptography' package: pip install 'rtvp-edge[signing]'"
+        ) from None
+    return InvalidSignature, serialization, ed25519
+
+
+def sign_bundle(root: str | os.PathLike, private_key: str | os.PathLike) -> Path:
+    """Sign a written bundle: an Ed25519 signature over the bytes of its CHECKSUMS.sha256 (which names the
+    sha256 of manifest.json, and so of every file), written base64 to ``CHECKSUMS.sha256.sig``.
+
+    The key is an unencrypted PEM Ed25519 private key, e.g. ``openssl genpkey -algorithm ed25519``. The
+    bundle is verified first: only a bundle that checks out gets signed. Returns the signature file.
+    """
+    _, serialization, ed25519 = _crypto()
+    load_manifest(root)
+    try:
+        key = serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"{private_key}: cannot read an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise BundleError(f"{private_key}: not an Ed25519 private key")
+    sig = key.sign((Path(root) / CHECKSUMS).read_bytes())
+    out = Path(root) / SIGNATURE
+    out.write_text(base64.b64encode(sig).decode() + "\n")
+    return out
+
+
+def check_signature(bundle_dir: Path, checksums: bytes, public_key: str | os.PathLike) -> None:
+    """Refuse unless ``CHECKSUMS.sha256.sig`` in ``bundle_dir`` is a valid Ed25519 signature of the bytes
+    ``checksums`` by the private half of ``public_key`` (PEM). Raises ``BundleError`` naming the file."""
+    invalid_signature, serialization, ed25519 = _crypto()
+    try:
+        key = serialization.load_pem_public_key(Path(public_key).read_bytes())
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{public_key}: cannot read a PEM public key ({e})") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise BundleError(f"{public_key}: not an Ed25519 public key")
+    root = Path(bundle_dir).resolve()
+    sig_path = Path(bundle_dir) / SIGNATURE
+    if not sig_path.exists():
+        raise BundleError(
+            f"{sig_path}: missing; this line only accepts bundles signed for {public_key} (rtvp-export sign)"
+        )
+    with _open_regular(bundle_path(root, SIGNATURE, "signature"), sig_path, "signature") as f:
+        text = f.read(4096)
+    try:
+        sig = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        sig = b""
+    try:
+        if len(sig) != 64:
+            raise invalid_signature()
+        key.verify(sig, checksums)
+    except invalid_signature:
+        raise BundleError(
+            f"{sig_path}: signature does not verify with {public_key}; the bundle was not signed with "
+            "that key or was changed after signing"
+        ) from None

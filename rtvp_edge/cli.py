@@ -1,7 +1,8 @@
 """``rtvp-edge``: run a line, check a line file or a bundle, listen to a line's events.
 
-Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration or refused bundle
-(the message names the file, the line and the key), 1 a runtime failure.
+Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration, refused bundle or
+unusable outbox (the message names the file, the line and the key), 1 a runtime failure (among them: the
+outbox was full with ``when_full: refuse``, so the line stopped; the message gives what was refused).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rtvp_edge import __version__
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.config import ConfigError, load_line_config
 from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
+from rtvp_edge.outbox import OutboxError
 
 log = logging.getLogger("rtvp_edge")
 
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--line", type=Path, help="line configuration (YAML)")
     g.add_argument("--bundle", type=Path, help="bundle directory")
     c.add_argument("--backend", default=None, help="with --bundle: backend to self-test (default: openvino)")
+    c.add_argument(
+        "--public-key", type=Path, default=None, help="with --bundle: require a signature by this Ed25519 key"
+    )
 
     li = sub.add_parser("listen", help="subscribe to a line's events and print them as a person reads them")
     li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
@@ -82,9 +87,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rtvp_edge.pipeline import build_policy, load_and_check_bundle
 
     if args.bundle is not None:
-        manifest = load_manifest(args.bundle)
+        manifest = load_manifest(args.bundle, public_key=args.public_key)
         backend_name = args.backend or "openvino"
-        _, backend = load_and_check_bundle(args.bundle, backend_name, selftest=False)
+        _, backend = load_and_check_bundle(
+            args.bundle, backend_name, selftest=False, public_key=args.public_key
+        )
         try:
             from rtvp_edge.selftest import run_golden_selftest
 
@@ -100,7 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_line_config(args.line)
     m = config.model
     manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
     )
     try:
         policy = build_policy(config, manifest)
@@ -175,13 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     v = summary.verdicts
-    if pipeline.fatal:
-        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
     print(
         f"done: {summary.parts} parts in {summary.duration_s:.1f} s: OK {v.get('OK', 0)}, NG {v.get('NG', 0)}, "
         f"INCOMPLETE {v.get('INCOMPLETE', 0)}",
         file=sys.stderr,
     )
+    if pipeline.fatal:
+        return _fail(f"stopped: {pipeline.fatal}", EXIT_FAILURE)
     return EXIT_OK
 
 
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         return cmd_listen(args)
-    except (ConfigError, BundleError, MqttConfigError, MqttConnectError) as e:
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return EXIT_OK

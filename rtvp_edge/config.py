@@ -12,6 +12,7 @@ moved together.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -184,6 +185,20 @@ class ModelConfig(_Strict):
     threads: int = Field(0, ge=0)  # 0: backend default
     infer_requests: int = Field(2, ge=1, le=16)  # parts in flight (OpenVINO async requests)
     selftest: bool = True  # run the bundle's golden self-test at start (refuse to start on failure)
+    # Ed25519 public key (PEM): when set, only bundles signed by its private key start (rtvp-export sign)
+    public_key: str | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _key_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        p = Path(v)
+        if not p.is_absolute():
+            p = _base_dir(info) / p
+        if not p.is_file():
+            raise ValueError(f"public key file not found: {p}")
+        return str(p.resolve())
 
     @field_validator("bundle")
     @classmethod
@@ -397,6 +412,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; line files are read strictly, so read it as the number it is.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_line_config(path: str | os.PathLike) -> LineConfig:
@@ -433,7 +454,12 @@ def load_line_config(path: str | os.PathLike) -> LineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
     try:
-        config = LineConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+        # Strict, as JSON: a YAML boolean (yes/no/on/off/true/false) is not a number, a quoted "3" is not
+        # an integer, 2.5 is not an integer, and a number is not a boolean; lists still fill tuples and
+        # strings still name paths.
+        config = LineConfig.model_validate_json(
+            json.dumps(data, default=str), strict=True, context={"base_dir": path.parent.resolve()}
+        )
     except ValidationError as e:
         raise ConfigError(_format_errors(path, root, e)) from None
     config._source = str(path)

@@ -96,6 +96,12 @@ def topic_root(template: str, station: StationIds) -> str:
         raise ValueError(
             f"mqtt.topic_root {template!r}: only the placeholders {{site}}, {{line}}, {{station}} are known ({exc})"
         ) from None
+    if root.startswith("$"):
+        raise ValueError(
+            f"mqtt.topic_root {template!r} gives {root!r}: topics starting with '$' (such as $SYS/...) are "
+            "reserved for the broker, which acknowledges and drops client publishes there: subscribers "
+            "would get nothing while the outbox empties"
+        )
     if (
         any(c in root for c in "+#\0")
         or root.startswith("/")

@@ -53,7 +53,14 @@ def _exclusive_lock(path: Path):
     except ImportError:  # not POSIX: no guard
         return None
     lock_path = Path(f"{path}.lock")
-    handle = open(lock_path, "a+")  # noqa: SIM115 - kept open for the outbox's lifetime
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - kept open for the outbox's lifetime
+    except OSError as exc:
+        raise OutboxError(
+            f"cannot create the outbox lock file {lock_path}: {exc.strerror or exc} (the outbox folder "
+            f"{path.parent} must be writable by the user running rtvp-edge, uid {os.getuid()}; "
+            "or set mqtt.outbox.path to a writable place)"
+        ) from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -76,7 +83,12 @@ class OutboxError(RuntimeError):
 
 
 class OutboxFullError(OutboxError):
-    """``when_full="refuse"`` and the outbox is at its size limit; nothing was written."""
+    """``when_full="refuse"`` and the outbox is at its size limit; nothing was written. ``events``: how
+    many events were refused."""
+
+    def __init__(self, message: str, events: int = 0) -> None:
+        super().__init__(message)
+        self.events = events
 
 
 @dataclass
@@ -279,7 +291,8 @@ class Outbox:
             raise OutboxFullError(
                 f"outbox {self.path} is full ({self._depth} events, {self._bytes} bytes; limits "
                 f"{self.max_events} events, {self.max_bytes} bytes): refusing {n_new} new events "
-                "(when_full: refuse). Is the broker reachable?"
+                "(when_full: refuse). Is the broker reachable?",
+                n_new,
             )
         n_drop, bytes_drop, last = 0, 0, 0
         for seq, size in self._db.execute("SELECT seq, LENGTH(payload) FROM events ORDER BY seq"):
@@ -291,7 +304,8 @@ class Outbox:
         if n_drop < over_events or bytes_drop < over_bytes:
             raise OutboxFullError(
                 f"outbox {self.path}: {n_new} new events ({new_bytes} bytes) do not fit in the limit "
-                f"of {self.max_bytes} bytes even with the queue emptied"
+                f"of {self.max_bytes} bytes even with the queue emptied",
+                n_new,
             )
         self._db.execute("DELETE FROM events WHERE seq <= ?", (last,))
         self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped_total'", (n_drop,))

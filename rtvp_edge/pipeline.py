@@ -33,6 +33,7 @@ from rtvp_edge.inference import PartInference
 from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
+from rtvp_edge.outbox import OutboxFullError
 from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
 from rtvp_edge.verdict import VerdictPolicy
@@ -127,6 +128,10 @@ class Pipeline:
         self._max_parts: int | None = None
         self._metrics_due = threading.Event()
         self.fatal: str | None = None  # why the run had to stop (e.g. the broker refused the login)
+        # outbox full with when_full: refuse: verdicts and events not stored (the line stops)
+        self.refused_parts = 0
+        self.refused_events = 0
+        self._refusal: str | None = None
         self._threads: list[threading.Thread] = []
 
     # -- status --------------------------------------------------------------------------------------
@@ -259,6 +264,9 @@ class Pipeline:
                 ]:
                     try:
                         sink(verdict, part.frames) if with_frames else sink(verdict)
+                    except OutboxFullError as e:
+                        # every part must be traceable: a verdict the outbox cannot hold stops the line
+                        self._refused(verdict, e)
                     except Exception as e:
                         name = getattr(sink, "__qualname__", repr(sink))
                         self.metrics.sink_errors[name] += 1
@@ -272,6 +280,15 @@ class Pipeline:
                 pass
         finally:
             self._done.set()
+
+    def _refused(self, verdict: PartVerdict, e: OutboxFullError) -> None:
+        self.refused_parts += 1
+        self.refused_events += e.events
+        self._refusal = str(e)
+        log.error("part %s: verdict %s not stored, the line stops: %s", verdict.part_id, verdict.verdict, e)
+        if not self.stopping:
+            self._status("outbox", "FULL", str(e))
+            self.request_stop()
 
     # -- control -------------------------------------------------------------------------------------
     def start(self, max_parts: int | None = None) -> None:
@@ -397,6 +414,11 @@ class Pipeline:
                 w.join(5.0)
             for t in self._threads:
                 t.join(30.0)
+        if self.refused_parts:
+            self.fatal = (
+                f"outbox full with when_full: refuse: the line stopped; {self.refused_parts} part verdict(s), "
+                f"{self.refused_events} event(s), refused (not stored, not sent) ({self._refusal})"
+            )
         self.publish_metrics()
         snap = self.snapshot()
         return RunSummary(self.metrics.parts, dict(self.metrics.verdicts), time.monotonic() - t0, snap)
@@ -426,13 +448,15 @@ def load_and_check_bundle(
     threads: int = 0,
     infer_requests: int = 2,
     selftest: bool = True,
+    public_key: str | None = None,
 ) -> tuple[BundleManifest, Backend]:
-    """Verify a bundle's hashes, load its backend and run the golden self-test.
+    """Verify a bundle's hashes (and, with ``public_key``, its signature), load its backend and run the
+    golden self-test.
 
     Raises:
-        BundleError: tampered/incomplete bundle, backend cannot load it, or the self-test fails.
+        BundleError: tampered/incomplete/unsigned bundle, backend cannot load it, or the self-test fails.
     """
-    manifest = load_manifest(bundle_dir)
+    manifest = load_manifest(bundle_dir, public_key=public_key)
     backend = load_backend(backend_name, bundle_dir, manifest, device, threads, infer_requests)
     if selftest:
         try:
@@ -489,7 +513,7 @@ def build_pipeline(
     """
     m = config.model
     manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest
+        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
     )
     log.info(
         "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from rtvp_edge.backends.base import Backend, load_embeddings
-from rtvp_edge.bundle import BundleError, BundleManifest
+from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
 from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import preprocess
@@ -56,7 +56,8 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
     emb = load_embeddings(bundle_dir, manifest)
     for g in samples:
         path = Path(bundle_dir) / g.image
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        data = read_verified(bundle_dir, manifest, g.image, "golden image")  # decode what was hashed
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise BundleError(f"{path}: golden image unreadable")
         batch, lbs = preprocess([img], spec)

@@ -8,13 +8,15 @@ model-input pixels and ``scores`` (B, N, C) class probabilities in [0, 1].
 from __future__ import annotations
 
 import abc
+import hashlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rtvp_edge.bundle import BundleError, BundleManifest
+from rtvp_edge.bundle import BundleError, BundleManifest, bundle_path, read_verified
 
 # callback(boxes (B,N,4), scores (B,N,C), error) -- exactly one of (outputs, error) is set.
 InferCallback = Callable[[np.ndarray | None, np.ndarray | None, BaseException | None], None]
@@ -114,21 +116,35 @@ class Backend(abc.ABC):
 
 
 def artifact_path(bundle_dir: str | Path, manifest: BundleManifest, backend: str) -> Path:
+    """Where the backend's artifact is (for messages and cache keys). Load ``artifact_bytes``, not this path."""
     art = manifest.artifact(backend)
+    root = Path(bundle_dir).resolve()
+    bundle_path(root, art.path, f"{backend} artifact path")
     p = Path(bundle_dir) / art.path
     if not p.is_file():
         raise BundleError(f"{p}: the {backend} artifact named in the manifest is missing")
     return p
 
 
+def artifact_bytes(bundle_dir: str | Path, manifest: BundleManifest, backend: str) -> tuple[Path, bytes]:
+    """The backend's artifact, read once and checked against the manifest's sha256: ``(path, bytes)``.
+    Backends compile these bytes, never the path, so what runs is what was hashed."""
+    path = artifact_path(bundle_dir, manifest, backend)
+    return path, read_verified(bundle_dir, manifest, manifest.artifact(backend).path, f"{backend} artifact")
+
+
 def load_embeddings(bundle_dir: str | Path, manifest: BundleManifest) -> np.ndarray | None:
-    """The (C, D) float32 class embeddings for vocabulary mode ``input``; None when folded."""
+    """The (C, D) float32 class embeddings for vocabulary mode ``input``; None when folded. The file is read
+    once and checked against the manifest's sha256 (and ``vocabulary.embeddings_sha256``) before use."""
     voc = manifest.vocabulary
     if voc.mode != "input":
         return None
     p = Path(bundle_dir) / voc.embeddings_file
+    data = read_verified(bundle_dir, manifest, voc.embeddings_file, "text embeddings file")
+    if hashlib.sha256(data).hexdigest() != voc.embeddings_sha256:
+        raise BundleError(f"{p}: sha256 differs from vocabulary.embeddings_sha256 in the manifest")
     try:
-        emb = np.load(p, allow_pickle=False)
+        emb = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise BundleError(f"{p}: cannot read the text embeddings ({e})") from None
     if emb.shape != (len(voc.classes), voc.embedding_dim):

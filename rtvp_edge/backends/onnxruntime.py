@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtvp_edge.backends.base import Backend, artifact_path
+from rtvp_edge.backends.base import Backend, artifact_bytes
 from rtvp_edge.bundle import BundleError, BundleManifest
 
 
@@ -21,7 +21,7 @@ class OnnxRuntimeBackend(Backend):
                 "backend onnxruntime is not installed: pip install 'rtvp-edge[onnxruntime]'"
             ) from None
         self.manifest = manifest
-        path = artifact_path(bundle_dir, manifest, "onnxruntime")
+        path, model = artifact_bytes(bundle_dir, manifest, "onnxruntime")  # the hashed bytes, not the path
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -32,7 +32,7 @@ class OnnxRuntimeBackend(Backend):
                 raise BundleError(f"onnxruntime: device {device!r} asked but CUDA provider not available")
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: ONNX Runtime cannot load the model ({e})") from None
         io = manifest.io

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtvp_edge.backends.base import Backend, InferCallback, artifact_path
-from rtvp_edge.bundle import BundleError, BundleManifest
+from rtvp_edge.backends.base import Backend, InferCallback, artifact_bytes
+from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
 
 
 class OpenVINOBackend(Backend):
@@ -27,7 +27,8 @@ class OpenVINOBackend(Backend):
         self.manifest = manifest
         if any(a.backend == "openvino" for a in manifest.artifacts):
             art = manifest.artifact("openvino")
-            path = artifact_path(bundle_dir, manifest, "openvino")
+            path, model_bytes = artifact_bytes(bundle_dir, manifest, "openvino")
+            weights_rel = art.path[: -len(".xml")] + ".bin" if art.path.endswith(".xml") else None
             # Compile exactly as export measured it: e.g. INFERENCE_PRECISION_HINT (a CPU with bf16 support
             # otherwise runs an FP32 IR in bf16, and the golden outputs would not match).
             config: dict = dict(art.properties)
@@ -35,15 +36,28 @@ class OpenVINOBackend(Backend):
             # OpenVINO reads ONNX directly; a bundle without an IR still runs (after a slower compile),
             # in f32 like the ONNX Runtime it was verified with.
             art = manifest.artifact("onnxruntime")
-            path = artifact_path(bundle_dir, manifest, "onnxruntime")
+            path, model_bytes = artifact_bytes(bundle_dir, manifest, "onnxruntime")
+            weights_rel = None
             config = dict(art.properties) or (
                 {"INFERENCE_PRECISION_HINT": "f32"} if art.precision == "fp32" else {}
             )
         core = ov.Core()
         if threads and device.upper().startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads
+        # Compile the bytes that were hashed: OpenVINO never opens a bundle path itself (an IR's .bin would
+        # otherwise be read after, and apart from, the check).
+        weights = (
+            read_verified(bundle_dir, manifest, weights_rel, "openvino artifact weights")
+            if weights_rel is not None
+            else None
+        )
         try:
-            model = core.read_model(str(path))
+            if weights is not None:
+                model = core.read_model(
+                    model=model_bytes, weights=ov.Tensor(np.frombuffer(weights, dtype=np.uint8))
+                )
+            else:
+                model = core.read_model(model=model_bytes)
             self.compiled = core.compile_model(model, device.upper(), config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BundleError(f"{path}: OpenVINO cannot compile the model for {device}: {e}") from None

@@ -18,6 +18,7 @@ real TensorRT skips with the reason. Validate on a GPU before trusting it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtvp_edge.backends.base import Backend, artifact_path
-from rtvp_edge.bundle import BundleError, BundleManifest, sha256_file
+from rtvp_edge.backends.base import Backend, artifact_bytes
+from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def build_serialized_engine(
     opt_batch: int = 6,
     max_classes: int = 64,
     workspace_bytes: int = 1 << 30,
+    onnx_bytes: bytes | None = None,
 ) -> bytes:
     """Parse an ONNX file and build a serialized engine; shared by ``rtvp-export`` and the runtime.
 
@@ -77,6 +79,8 @@ def build_serialized_engine(
 
     Dynamic axes get one optimisation profile: the batch axis ``[1, opt_batch, max_batch]`` and, for graphs in
     vocabulary mode ``input``, the class axis of ``embeddings_input`` ``[1, min(8, max_classes), max_classes]``.
+
+    ``onnx_bytes``: the graph, already read (and hashed) by the caller; ``onnx_path`` then only names it.
     """
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
@@ -90,7 +94,7 @@ def build_serialized_engine(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse(onnx_bytes if onnx_bytes is not None else Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
     config = builder.create_builder_config()
@@ -196,9 +200,9 @@ class TensorRTBackend(Backend):
         # A pycuda context is current on one thread only; infer() pushes/pops it around each call.
         self._ctx = dev.make_context()
         try:
-            engine_path = self._shipped_engine() or self._cached_engine()
+            engine_path, engine = self._shipped_engine() or self._cached_engine()
             try:
-                self.runner = EngineRunner(trt, cuda, engine_path.read_bytes(), engine_path)
+                self.runner = EngineRunner(trt, cuda, engine, engine_path)
             except TensorRTError as e:
                 hint = (
                     "; delete it and the next start rebuilds it"
@@ -213,8 +217,9 @@ class TensorRTBackend(Backend):
     def _trt_artifact(self):
         return next((a for a in self.manifest.artifacts if a.backend == "tensorrt"), None)
 
-    def _shipped_engine(self) -> Path | None:
-        """The bundle's own engine when it was built for this GPU model and this TensorRT version."""
+    def _shipped_engine(self) -> tuple[Path, bytes] | None:
+        """The bundle's own engine (path, hashed bytes) when it was built for this GPU model and this
+        TensorRT version."""
         art = self._trt_artifact()
         if art is None:
             return None
@@ -225,24 +230,25 @@ class TensorRTBackend(Backend):
                 art.path, built_for[0], built_for[1], self.gpu_name, self._trt.__version__,
             )  # fmt: skip
             return None
-        return artifact_path(self.bundle_dir, self.manifest, "tensorrt")
+        return artifact_bytes(self.bundle_dir, self.manifest, "tensorrt")
 
-    def _cached_engine(self) -> Path:
-        """Build (once) an engine from the bundle's ONNX for this GPU/TensorRT, cached outside the bundle."""
+    def _cached_engine(self) -> tuple[Path, bytes]:
+        """Build (once) an engine from the bundle's ONNX for this GPU/TensorRT, cached outside the bundle and
+        keyed by the sha256 of the (hashed) graph bytes it is built from."""
         trt = self._trt
-        onnx_path = artifact_path(self.bundle_dir, self.manifest, "onnxruntime")
+        onnx_path, onnx = artifact_bytes(self.bundle_dir, self.manifest, "onnxruntime")
+        files = self.manifest.files
         art = self._trt_artifact()
         precision = art.precision if art is not None else "fp16"  # fp16: the usual choice on a GPU
         source, calibration_cache = onnx_path, None
         if precision == "int8":
-            qdq = (
-                self.bundle_dir / "model_qdq.onnx"
-            )  # explicit Q/DQ graph (TensorRT >= 11 has no calibrators)
-            cache = self.bundle_dir / "tensorrt" / "calibration.cache"  # TensorRT 10 implicit INT8
-            if trt_major(trt.__version__) < 11 and cache.is_file():
-                calibration_cache = cache.read_bytes()
-            elif qdq.is_file():  # TensorRT 10 builds explicit Q/DQ graphs too
-                source = qdq
+            qdq = "model_qdq.onnx"  # explicit Q/DQ graph (TensorRT >= 11 has no calibrators)
+            cache = "tensorrt/calibration.cache"  # TensorRT 10 implicit INT8
+            if trt_major(trt.__version__) < 11 and cache in files:
+                calibration_cache = read_verified(self.bundle_dir, self.manifest, cache, "calibration cache")
+            elif qdq in files:  # TensorRT 10 builds explicit Q/DQ graphs too
+                source = self.bundle_dir / qdq
+                onnx = read_verified(self.bundle_dir, self.manifest, qdq, "Q/DQ graph")
             else:
                 log.warning(
                     "INT8 bundle without Q/DQ graph or calibration cache for TensorRT %s: FP16 engine",
@@ -250,26 +256,27 @@ class TensorRTBackend(Backend):
                 )
                 precision = "fp16"
         precision = built_precision(trt.__version__, precision)  # the cache key names what is built
-        key = f"{sha256_file(source)[:16]}-{re.sub(r'[^A-Za-z0-9]+', '_', self.gpu_name)}-trt{trt.__version__}-{precision}"
+        key = f"{hashlib.sha256(onnx).hexdigest()[:16]}-{re.sub(r'[^A-Za-z0-9]+', '_', self.gpu_name)}-trt{trt.__version__}-{precision}"
         engine_path = engine_cache_dir() / f"{key}.engine"
         if not engine_path.is_file():
             log.info(
                 "building a TensorRT engine for %s from %s (first start; minutes)", self.gpu_name, source.name
             )
             engine_path.parent.mkdir(parents=True, exist_ok=True)
-            data = self._build(source, precision, calibration_cache)
+            data = self._build(source, onnx, precision, calibration_cache)
             tmp = engine_path.with_suffix(".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, engine_path)  # atomic: a crash mid-build never leaves a half engine
-        return engine_path
+            return engine_path, data
+        return engine_path, engine_path.read_bytes()
 
-    def _build(self, onnx_path: Path, precision: str, calibration_cache: bytes | None) -> bytes:
+    def _build(self, onnx_path: Path, onnx: bytes, precision: str, calibration_cache: bytes | None) -> bytes:
         trt = self._trt
         calibrator = _cache_only_calibrator(trt, calibration_cache) if calibration_cache is not None else None
         try:
             return build_serialized_engine(
                 trt, onnx_path, {"mixed": "fp16", "bf16": "fp16"}.get(precision, precision), calibrator=calibrator,
-                embeddings_input=self.manifest.io.embeddings_input, max_batch=self.max_batch,
+                embeddings_input=self.manifest.io.embeddings_input, max_batch=self.max_batch, onnx_bytes=onnx,
             )  # fmt: skip
         except TensorRTError as e:
             raise BundleError(str(e)) from None

@@ -11,11 +11,55 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from rtvp_edge.messages import CameraError, CameraSource, EndOfStream, Frame
 from rtvp_edge.sources.camera import CorruptFrame
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk and its CRC: a PNG's last 12 bytes
+
+
+def truncation(data: bytes) -> str | None:
+    """Why an encoded image is not whole, or None when its container says it ends where it should.
+
+    libjpeg fills a truncated JPEG's missing rows with grey and only says so on stderr (OpenCV returns the
+    image); a defect model then judges the grey edge. So the encoded bytes are checked before decoding:
+    a JPEG must end with its EOI marker (FF D9; zero padding after it is tolerated), a PNG with its IEND
+    chunk, a BMP must hold the file size its header states. TIFF has no end marker; its decoder refuses
+    missing strips itself.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return "JPEG without its end-of-image marker (truncated)"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if not data.endswith(_PNG_END):
+            return "PNG without its IEND chunk (truncated)"
+    elif data[:2] == b"BM" and len(data) >= 6:
+        size = int.from_bytes(data[2:6], "little")
+        if len(data) < size:
+            return f"BMP of {len(data)} bytes, its header says {size} (truncated)"
+    return None
+
+
+def decode_whole(path: Path) -> np.ndarray:
+    """Read and decode one image file as (H, W, 3) uint8 BGR, refusing one that is not whole.
+
+    Raises:
+        CorruptFrame: unreadable, truncated (``truncation``) or undecodable; the message names the file.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorruptFrame(f"{path}: cannot read ({e.strerror or e})") from None
+    why = truncation(data)
+    if why is not None:
+        raise CorruptFrame(f"{path}: {why}; not judged")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CorruptFrame(f"{path}: not a readable image")
+    return img
 
 
 class _Paced:
@@ -79,9 +123,7 @@ class FolderReplay(CameraSource):
         n = self._n
         self._n += 1
         path = self._files[n % len(self._files)]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise CorruptFrame(f"{path}: not a readable image")
+        img = decode_whole(path)  # a truncated image is a corrupt frame: its part is INCOMPLETE, not judged
         return Frame(self.camera_id, self.view_index, n, time.time(), img, monotonic=time.monotonic())
 
     def close(self) -> None:
