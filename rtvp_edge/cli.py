@@ -103,6 +103,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{n} image(s) with {backend_name}; model {manifest.model.name} {manifest.model.version}, "
             f"classes {[c.name for c in manifest.vocabulary.classes]}"
         )
+        print(_describe_input(manifest))
         return EXIT_OK
     config = load_line_config(args.line)
     m = config.model
@@ -125,7 +126,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"loaded, {selftest}"
     )
     print("score thresholds: " + ", ".join(policy.describe_thresholds()))
+    print(_describe_input(manifest, {c.id: c.crop for c in config.cameras}))
     return EXIT_OK
+
+
+def _describe_input(manifest, crops: dict | None = None) -> str:
+    """What the model sees: input size, the region of each camera image, the general encoder."""
+    pre = manifest.preprocess
+    h, w = pre.input_size
+    default = f"region {list(pre.crop)}" if pre.crop is not None else "the whole image"
+    text = f"model input {h}x{w} (h x w) from {default}"
+    if crops:
+        own = {cam: list(c) for cam, c in crops.items() if c is not None}
+        text += "; " + (
+            ", ".join(f"{cam}: {c}" for cam, c in own.items()) if own else "every camera: the bundle's"
+        )
+    enc = manifest.model.encoder
+    if enc:
+        text += f"; general encoder {enc.get('encoder', '?')} ({enc.get('source', enc.get('weights', '?'))})"
+    return text
 
 
 def cmd_run(args: argparse.Namespace) -> int:
