@@ -435,3 +435,27 @@ def test_a_real_line_faster_than_the_box_keeps_its_rate_and_names_the_reason_for
         )
     finally:
         p.close()
+
+
+def test_the_online_status_carries_the_choice_and_the_capacity_and_validates(tmp_path, monkeypatch):
+    from rtvp_edge.events import StationIds, status_payload, validate_payload
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = load_line_config(sim_line(tmp_path, make_toy_bundle(tmp_path / "bundle")))
+
+    class Publisher:  # what build_pipeline hands the status fields to (EventPublisher.status_extra)
+        status_extra: dict = {}
+
+        def publish_verdict(self, verdict):
+            pass
+
+    pub = Publisher()
+    p = build_pipeline(cfg, publisher=pub, time_part=lambda b: 1.0)
+    p.close = lambda *a: None  # the fake publisher has nothing to stop
+    p.inference.backend.close()
+    payload = status_payload(
+        "online", StationIds("s", "l", "st"), None, "c", "connected", extra=pub.status_extra
+    )
+    validate_payload(payload)
+    assert payload["artifact"]["how"] == "only" and payload["capacity"]["state"] == "PACED"
+    assert payload["capacity"]["paced_rate_hz"] == pytest.approx(0.9)
