@@ -62,6 +62,12 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-size", type=int, default=200, help="held-out images for the guard (default 200)")
     p.add_argument("--max-ap-drop", type=float, default=1.0, help="allowed AP50 drop in points (default 1.0)")
+    p.add_argument(
+        "--keep-fp32",
+        action="store_true",
+        help="with --int8 --target openvino: also ship the FP32 IR; the runtime times both on its CPU and "
+        "runs the faster one within the accuracy budget (--max-ap-drop)",
+    )
     p.add_argument("--force", action="store_true", help="write the bundle even if the accuracy guard fails")
     p.add_argument(
         "--accuracy-control",
@@ -123,6 +129,7 @@ def run_export(args: argparse.Namespace) -> int:
         calib_data=args.calib_data,
         calib_size=args.calib_size,
         max_ap_drop=args.max_ap_drop,
+        keep_fp32=args.keep_fp32,
         force=args.force,
         accuracy_control=args.accuracy_control,
         vocab_mode=args.vocab_mode,

@@ -63,12 +63,13 @@ def _as_dict(d: Detection) -> dict:
 def write_golden(
     bundle_dir: str | os.PathLike,
     images: Sequence[np.ndarray],
-    runners: dict[str, Runner],
+    runners: dict[str | tuple[str, str], Runner],
     spec: PreprocessSpec,
     class_names: Sequence[str],
     thresholds: Thresholds,
 ) -> list[GoldenSample]:
-    """Write ``golden/NNN.png`` and the expected detections of every artifact (keyed by backend)."""
+    """Write ``golden/NNN.png`` and the expected detections of every artifact, keyed by backend, or by
+    (backend, precision) when a backend has several artifacts (OpenVINO INT8 and FP32)."""
     root = Path(bundle_dir)
     (root / "golden").mkdir(parents=True, exist_ok=True)
     samples = []
@@ -78,9 +79,14 @@ def write_golden(
             raise ExportError(f"cannot write golden image {root / rel}")
         # Read back what was written (PNG is lossless, but the runtime sees the file, not our array).
         img = cv2.imread(str(root / rel), cv2.IMREAD_COLOR)
-        for backend, runner in runners.items():
+        for key, runner in runners.items():
+            backend, precision = key if isinstance(key, tuple) else (key, None)
             dets = decode(runner, img, spec, class_names, thresholds)
-            samples.append(GoldenSample(image=rel, detections=[_as_dict(d) for d in dets], backend=backend))
+            samples.append(
+                GoldenSample(
+                    image=rel, detections=[_as_dict(d) for d in dets], backend=backend, precision=precision
+                )
+            )
     return samples
 
 
@@ -118,9 +124,14 @@ def match_golden(
 
 
 def check_golden(
-    bundle_dir: str | os.PathLike, manifest: BundleManifest, backend: str, runner: Runner
+    bundle_dir: str | os.PathLike,
+    manifest: BundleManifest,
+    backend: str,
+    runner: Runner,
+    precision: str | None = None,
 ) -> int:
-    """Run the bundle's golden images for ``backend`` through ``runner``; raise ``ExportError`` on mismatch.
+    """Run the bundle's golden images for ``backend`` (its ``precision`` artifact when given) through
+    ``runner``; raise ``ExportError`` on mismatch.
 
     Returns the number of golden samples checked.
     """
@@ -129,7 +140,7 @@ def check_golden(
     names = [c.name for c in manifest.vocabulary.classes]
     thr = manifest.thresholds
     checked = 0
-    for g in manifest.golden_for(backend):
+    for g in manifest.golden_for(backend, precision):
         try:
             data = read_verified(root, manifest, g.image, "golden image")  # decode what was hashed
         except BundleError as e:

@@ -73,7 +73,11 @@ class ExportOptions:
         int8: post-training INT8 quantization with the accuracy guard.
         calib_data: folder of line images or data set root for calibration.
         calib_size: calibration images (300 recommended; fewer warns).
-        max_ap_drop: largest allowed AP50 drop of INT8 against FP32, in points.
+        max_ap_drop: largest allowed AP50 drop of INT8 against FP32, in points; recorded as the bundle's
+            accuracy budget (``accuracy.max_drop``) the runtime chooses artifacts within.
+        keep_fp32: with ``int8`` and target ``openvino``: also ship the FP32 IR (``openvino/model_fp32.xml``,
+            compiled at f32), with its own golden outputs; each artifact records its accuracy, and the
+            runtime times both on its CPU and runs the faster one within the budget.
         force: write the bundle even when the accuracy guard fails (recorded in the manifest).
         accuracy_control: NNCF ``quantize_with_accuracy_control`` (OpenVINO) instead of plain PTQ.
         vocab_mode: ``folded`` (embeddings constant in the graph) or ``input`` (second graph input).
@@ -102,6 +106,7 @@ class ExportOptions:
     calib_data: Path | None = None
     calib_size: int = 300
     max_ap_drop: float = 1.0
+    keep_fp32: bool = False
     force: bool = False
     accuracy_control: bool = False
     vocab_mode: str = "folded"
@@ -163,6 +168,10 @@ def check_options(options: ExportOptions) -> None:
         ok, why = tensorrt_available()
         if not ok:
             raise ExportError(f"--target tensorrt is not supported on this machine: {why}")
+    if options.keep_fp32 and not (options.int8 and options.target == "openvino"):
+        raise ExportError(
+            "--keep-fp32 needs --int8 --target openvino (it keeps the FP32 IR beside the INT8 one)"
+        )
     if options.accuracy_control and not (options.int8 and options.target == "openvino"):
         raise ExportError("--accuracy-control needs --int8 --target openvino (NNCF accuracy-controlled PTQ)")
     if not 0.0 <= options.score_threshold <= 1.0:
@@ -323,6 +332,7 @@ def export_bundle(
             calibration_info = None if calib is None else calib.describe()
             primary = "onnxruntime"
             int8_runner = None
+            fp32_ir_runner = None  # the FP32 IR kept beside INT8 (--keep-fp32)
             if options.target == "onnx" and options.int8:
                 from export.onnxruntime_int8 import quantize_qdq
 
@@ -385,6 +395,11 @@ def export_bundle(
                     )
                     runners["openvino"] = int8_runner
                     calibration_info = {**calibration_info, **qinfo}
+                    if options.keep_fp32:
+                        fp32_ir_runner = _keep_fp32_ir(
+                            onnx_path, tmp, static_batch, feed_emb, torch_runner, check_images, spec,
+                            class_names, thresholds, artifacts, checks,
+                        )  # fmt: skip
                 else:
                     ovb.convert_ir(onnx_path, xml, half=options.half)
                     if static_batch > 0:
@@ -447,6 +462,16 @@ def export_bundle(
                     operating_points=points,
                 )
                 accuracy_guard(fp32, q, options.max_ap_drop, options.force, eval_set.describe())
+                # Each artifact's own accuracy, so the runtime can choose within the budget without data:
+                # the quantized one as measured, the FP32 ones as their (parity-checked) source.
+                measured = int8_runner or runners[primary]
+                quantized = {getattr(measured, "precision", None)} - {"fp32"}
+                artifacts = [
+                    a.model_copy(update={"accuracy": dict(q if a.precision in quantized else fp32)})
+                    if a.precision in quantized or a.precision == "fp32"
+                    else a
+                    for a in artifacts
+                ]
                 if options.class_thresholds == "best-f1" and points:
                     thresholds = thresholds.model_copy(
                         update={"class_scores": {n: op["score"] for n, op in points.items()}}
@@ -463,10 +488,16 @@ def export_bundle(
 
             # Golden outputs of the artifact the line runs (the bundle's primary backend): the runtime's
             # self-test compares its backend's outputs with them. Other artifacts were parity-checked above.
+            golden_runners: dict = {primary: runners[primary]}
+            if fp32_ir_runner is not None:  # two OpenVINO artifacts: golden outputs of each, by precision
+                golden_runners = {
+                    ("openvino", "int8"): runners["openvino"],
+                    ("openvino", "fp32"): fp32_ir_runner,
+                }
             golden = write_golden(
                 tmp,
                 check_images[: options.golden_count],
-                {primary: runners[primary]},
+                golden_runners,
                 spec,
                 class_names,
                 thresholds,
@@ -555,6 +586,35 @@ def accuracy_guard(
             )
         log.warning("%s; written anyway (--force)", msg)
     return drop
+
+
+def _keep_fp32_ir(
+    onnx_path, tmp: Path, static_batch: int, feed_emb, torch_runner, check_images, spec, class_names,
+    thresholds, artifacts: list, checks: dict,
+):  # fmt: skip
+    """``--keep-fp32``: convert the FP32 IR beside the INT8 one (same static batch), check its parity at
+    f32, append its artifact (compiled at f32, so it is the FP32 reference on every CPU) and return its
+    runner."""
+    from export import openvino_backend as ovb
+
+    props = {"INFERENCE_PRECISION_HINT": "f32"}
+    xml = ovb.convert_ir(onnx_path, tmp / "openvino" / "model_fp32.xml", half=False)
+    if static_batch > 0:
+        ovb.set_static_batch(xml, static_batch)
+    runner = OpenVINORunner(xml, feed_emb, props, precision="fp32")
+    checks["openvino_fp32"] = parity(
+        torch_runner, runner, check_images, spec, class_names, thresholds, "OpenVINO FP32 IR (f32)"
+    )
+    artifacts.append(
+        Artifact(
+            backend="openvino",
+            path="openvino/model_fp32.xml",
+            precision="fp32",
+            properties=props,
+            notes="FP32 IR kept beside INT8 (--keep-fp32): the runtime runs whichever is faster on its CPU",
+        )
+    )
+    return runner
 
 
 def _recompress_fp16(xml: Path) -> None:
@@ -648,8 +708,16 @@ def verify_bundle(bundle_dir: str | os.PathLike, manifest: BundleManifest | None
     with_golden = {g.backend for g in manifest.golden}
     if not with_golden:
         raise ExportError(f"bundle {bundle_dir} has no golden samples")
-    return {
-        a.backend: check_golden(bundle_dir, manifest, a.backend, runner_for(bundle_dir, manifest, a))
-        for a in manifest.artifacts
-        if a.backend in with_golden or None in with_golden
-    }
+    out = {}
+    for a in manifest.artifacts:
+        if a.backend not in with_golden and None not in with_golden:
+            continue
+        several = sum(b.backend == a.backend for b in manifest.artifacts) > 1
+        precision = a.precision if several else None
+        if several and not manifest.golden_for(a.backend, precision):
+            continue  # e.g. a second artifact without golden outputs of its own
+        key = f"{a.backend} {a.precision}" if several else a.backend
+        out[key] = check_golden(
+            bundle_dir, manifest, a.backend, runner_for(bundle_dir, manifest, a), precision
+        )
+    return out

@@ -126,6 +126,10 @@ class Artifact(_Strict):
     # Backend compile properties the golden outputs and the measured accuracy were produced with, e.g.
     # OpenVINO {"INFERENCE_PRECISION_HINT": "bf16"}; the runtime should compile the artifact with them.
     properties: dict[str, str] = {}
+    # This artifact's metrics on the export's held-out images (same names as ``accuracy.fp32``, e.g.
+    # {"AP50": 61.2}); empty: not measured. The runtime keeps an artifact as a candidate only when its
+    # ``accuracy.metric`` is within ``accuracy.max_drop`` of ``accuracy.fp32`` (the bundle's accuracy budget).
+    accuracy: dict[str, float] = {}
 
 
 class AccuracyInfo(_Strict):
@@ -133,7 +137,9 @@ class AccuracyInfo(_Strict):
     images: int
     metric: str = "AP50"
     fp32: dict[str, float]  # COCO metrics of the FP32 source
-    artifact: dict[str, float]  # the same metrics of this artifact
+    artifact: dict[str, float]  # the same metrics of the primary (first) artifact of the export's target
+    # The accuracy budget: the largest drop of ``metric`` (points) against ``fp32`` an artifact may have
+    # and still be chosen by the runtime (rtvp-export --max-ap-drop). None: no budget recorded.
     max_drop: float | None = None
     # Per class, the artifact's best-F1 operating point on these images: {score, precision, recall, f1}.
     operating_points: dict[str, dict[str, float]] = {}
@@ -146,6 +152,8 @@ class GoldenSample(_Strict):
     box_atol: float = 4.0
     # The artifact backend whose outputs these are (None: any); INT8 and FP32 artifacts differ slightly.
     backend: str | None = None
+    # The artifact precision whose outputs these are, when a backend has several artifacts (None: any).
+    precision: str | None = None
 
 
 class BundleManifest(_Strict):
@@ -172,17 +180,24 @@ class BundleManifest(_Strict):
             raise ValueError(f"thresholds.class_scores: {unknown} not in the vocabulary {names}")
         return self
 
-    def artifact(self, backend: str) -> Artifact:
+    def artifact(self, backend: str, precision: str | None = None) -> Artifact:
+        """The first artifact for ``backend`` (of ``precision`` when given): a bundle may hold several
+        artifacts for one backend (e.g. OpenVINO INT8 and FP32); the first is the export's primary one."""
         for a in self.artifacts:
-            if a.backend == backend:
+            if a.backend == backend and precision in (None, a.precision):
                 return a
-        have = ", ".join(a.backend for a in self.artifacts) or "none"
-        raise BundleError(f"the bundle has no {backend} artifact (it has: {have})")
+        have = ", ".join(f"{a.backend} {a.precision}" for a in self.artifacts) or "none"
+        what = backend if precision is None else f"{backend} {precision}"
+        raise BundleError(f"the bundle has no {what} artifact (it has: {have})")
 
-    def golden_for(self, backend: str) -> list[GoldenSample]:
-        """Golden samples whose expected outputs came from ``backend``'s artifact (samples recorded without
-        a backend apply to any). Export records them for the bundle's primary artifact only."""
-        return [g for g in self.golden if g.backend in (None, backend)]
+    def golden_for(self, backend: str, precision: str | None = None) -> list[GoldenSample]:
+        """Golden samples whose expected outputs came from ``backend``'s artifact (of ``precision`` when
+        given; samples recorded without a backend or precision apply to any)."""
+        return [
+            g
+            for g in self.golden
+            if g.backend in (None, backend) and (precision is None or g.precision in (None, precision))
+        ]
 
 
 class BundleError(Exception):

@@ -84,7 +84,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rtvp_edge.pipeline import build_policy, load_and_check_bundle
+    from rtvp_edge.pipeline import build_policy, load_and_check_bundle, load_model
 
     if args.bundle is not None:
         manifest = load_manifest(args.bundle, public_key=args.public_key)
@@ -107,13 +107,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     config = load_line_config(args.line)
     m = config.model
-    manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
-    )
+    loaded = load_model(config)
+    manifest = loaded.manifest
     try:
         policy = build_policy(config, manifest)
     finally:
-        backend.close()
+        loaded.backend.close()
     config.mqtt.check_files()  # TLS files exist
     config.mqtt.password()  # the password variable is set (its value is never printed)
     kinds = ", ".join(f"{c.id}={c.kind}" for c in config.cameras)
@@ -127,6 +126,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print("score thresholds: " + ", ".join(policy.describe_thresholds()))
     print(_describe_input(manifest, {c.id: c.crop for c in config.cameras}))
+    print(loaded.choice.describe())
+    print(capacity_line(loaded.capacity))
     return EXIT_OK
 
 
@@ -144,6 +145,18 @@ def _describe_input(manifest, crops: dict | None = None) -> str:
     enc = manifest.model.encoder
     if enc:
         text += f"; general encoder {enc.get('encoder', '?')} ({enc.get('source', enc.get('weights', '?'))})"
+    return text
+
+
+def capacity_line(capacity) -> str:
+    """What ``check --line`` and the start of ``run`` print: parts/s this box sustains next to the line
+    rate, with a WARNING when the line is faster."""
+    text = f"capacity: {capacity.describe()}"
+    if capacity.overloaded:
+        text += (
+            "\nWARNING: the line is faster than this box: a real line drops frames and its parts become "
+            "INCOMPLETE; a simulated line is paced to what the box sustains"
+        )
     return text
 
 
@@ -187,6 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sinks.append(write_jsonl)
             pipeline = build_pipeline(config, part_sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
+            print(capacity_line(pipeline.capacity), file=sys.stderr)
+            if pipeline.paced_rate_hz is not None:
+                print(f"the simulated line is paced to {pipeline.paced_rate_hz:.2f} parts/s", file=sys.stderr)
             if pipeline.publisher is not None:
                 pipeline.publisher.start()  # MqttConnectError: refused login / TLS -> exit 2
 

@@ -55,6 +55,9 @@ class LineIds(_Strict):
     site: str = Field(pattern=_ID)
     line: str = Field(pattern=_ID)
     station: str = Field(pattern=_ID)
+    # parts per second the real line delivers (None: not said); checked against what the box sustains at
+    # start (a simulated line uses sim.line_rate_hz)
+    expected_rate_hz: float | None = Field(None, gt=0)
 
 
 class Resolution(_Strict):
@@ -185,6 +188,9 @@ class ModelConfig(_Strict):
     threads: int = Field(0, ge=0)  # 0: backend default
     infer_requests: int = Field(2, ge=1, le=16)  # parts in flight (OpenVINO async requests)
     selftest: bool = True  # run the bundle's golden self-test at start (refuse to start on failure)
+    # which of the bundle's artifacts runs: auto (the fastest on this machine within the bundle's accuracy
+    # budget, timed at the first start and cached), or a precision pinned (rtvp_edge/artifact_choice.py)
+    artifact: Literal["auto", "fp32", "fp16", "bf16", "int8", "mixed"] = "auto"
     # Ed25519 public key (PEM): when set, only bundles signed by its private key start (rtvp-export sign)
     public_key: str | None = None
 

@@ -316,6 +316,9 @@ class EventPublisher:
             synchronous=config.outbox.synchronous,
         )
         self._client = client
+        # extra fields of the "online" status, set before ``start`` (build_pipeline: the artifact chosen
+        # for this machine and the capacity against the line rate)
+        self.status_extra: dict[str, Any] = {}
         self._cond = threading.Condition()
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: status/metrics)
         self._early_acks: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
@@ -477,6 +480,7 @@ class EventPublisher:
             self.client_id,
             reason,
             extra={
+                **self.status_extra,
                 "outbox_depth": self.outbox.depth(),
                 "outbox_dropped_total": self.outbox.dropped_total,
                 "last_seq": self.outbox.last_seq,

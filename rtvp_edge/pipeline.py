@@ -23,9 +23,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rtvp_edge.artifact_choice import (
+    CACHE_FILE,
+    ArtifactChoice,
+    Capacity,
+    ChoiceCache,
+    PartTimer,
+    PinError,
+    backend_version,
+    choice_key,
+    choose_artifact,
+    cpu_identity,
+    default_cache_dir,
+    paced_rate,
+    part_timer,
+)
 from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePairing
-from rtvp_edge.backends import Backend, load_backend
-from rtvp_edge.bundle import BundleManifest, load_manifest, sha256_file
+from rtvp_edge.backends import Backend, load_backend, load_embeddings
+from rtvp_edge.bundle import Artifact, BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
@@ -133,6 +148,12 @@ class Pipeline:
         self.refused_events = 0
         self._refusal: str | None = None
         self._threads: list[threading.Thread] = []
+        # set by build_pipeline: the artifact chosen, what the box sustains, the rate a sim line was paced to
+        self.artifact_choice: ArtifactChoice | None = None
+        self.capacity: Capacity | None = None
+        self.paced_rate_hz: float | None = None
+        self._drops_seen = 0
+        self._drops_checked = time.monotonic()
 
     # -- status --------------------------------------------------------------------------------------
     def _status(self, component: str, state: str, message: str) -> None:
@@ -306,6 +327,53 @@ class Pipeline:
             t.start()
             self._threads.append(t)
         self._status("pipeline", "RUNNING", f"{len(self.workers)} cameras")
+        if self.artifact_choice is not None:
+            self._status("model", "ARTIFACT", self.artifact_choice.describe())
+        if self.capacity is not None:
+            self._status("capacity", *self.capacity_state())
+
+    def capacity_state(self) -> tuple[str, str]:
+        """(state, message) of the line's rate against the box: ``OK``, ``PACED`` (a simulated line slowed
+        to what the box sustains) or ``OVERLOADED`` (a real line faster than the box: frames will drop)."""
+        c = self.capacity
+        if c is None:
+            return "UNKNOWN", "capacity not measured"
+        if self.paced_rate_hz is not None:
+            return "PACED", (
+                f"simulated line paced to {self.paced_rate_hz:.2f} parts/s: {c.describe()}; the rig is slowed "
+                "instead of overloading the box into INCOMPLETE parts"
+            )
+        if c.overloaded:
+            return "OVERLOADED", (
+                f"the line is faster than this box: {c.describe()}; frames will be dropped and parts "
+                "become INCOMPLETE"
+            )
+        return "OK", c.describe()
+
+    def _check_drops(self, every_s: float = 10.0) -> None:
+        """Say, at most every ``every_s``, how many frames the camera buffers dropped and why."""
+        now = time.monotonic()
+        if now - self._drops_checked < every_s:
+            return
+        dropped = sum(w.buffer.dropped for w in self.workers.values())
+        new = dropped - self._drops_seen
+        self._drops_seen, self._drops_checked = dropped, now
+        if new <= 0:
+            return
+        msg = (
+            f"{new} frame(s) dropped by the camera buffers in the last {every_s:.0f} s: {self.drop_reason()}"
+        )
+        log.warning(msg)
+        self._status("capacity", "DROPPING", msg)
+
+    def drop_reason(self) -> str:
+        c = self.capacity
+        if c is not None and c.overloaded and self.paced_rate_hz is None:
+            return (
+                f"the line ({c.line_rate_hz:g} parts/s, {c.rate_source}) is faster than this box sustains "
+                f"({c.parts_per_s:.2f} parts/s with this bundle)"
+            )
+        return "inference fell behind the cameras (queues full)"
 
     def request_stop(self) -> None:
         """Stop the cameras; parts already captured are still judged and published. Thread-safe,
@@ -349,6 +417,10 @@ class Pipeline:
                 "missing": self.plc.missing,
                 "malformed": self.plc.malformed,
             }
+        if self.artifact_choice is not None:
+            extra["artifact"] = self.artifact_choice.as_dict()
+        if self.capacity is not None:
+            extra["capacity"] = {**self.capacity.as_dict(), "paced_rate_hz": self.paced_rate_hz}
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -406,6 +478,7 @@ class Pipeline:
                     # the broker refused us (credentials/TLS): stop rather than fill the outbox for hours
                     self.fatal = str(self.publisher.error)
                     self.request_stop()
+                self._check_drops()
                 if on_tick is not None:
                     on_tick(self)
         finally:
@@ -467,12 +540,86 @@ def load_and_check_bundle(
     return manifest, backend
 
 
-def model_info(manifest: BundleManifest, backend: str, bundle_dir: str | Path) -> dict:
-    """Identity of the running model for events: name, version, precision, backend and the bundle's hash
-    (sha256 of its manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+@dataclass
+class LoadedModel:
+    """A verified bundle with the artifact chosen for this machine loaded and self-tested."""
+
+    manifest: BundleManifest
+    backend: Backend
+    choice: ArtifactChoice
+    capacity: Capacity
+
+
+def line_rate(config: LineConfig) -> tuple[float | None, str | None]:
+    """(parts/s the line delivers, the line-file key that says so): ``sim.line_rate_hz`` for a simulated
+    line, else ``line.expected_rate_hz``; None when the line file does not say (or a simulated line runs
+    with ``realtime: false``, as fast as the box takes its frames)."""
+    if any(c.kind == "sim" for c in config.cameras):
+        if not config.sim.realtime:
+            return None, "sim.realtime: false, frames as fast as the box takes them"
+        return config.sim.line_rate_hz, "sim.line_rate_hz"
+    if config.line.expected_rate_hz is not None:
+        return config.line.expected_rate_hz, "line.expected_rate_hz"
+    return None, None
+
+
+def load_model(
+    config: LineConfig,
+    *,
+    time_part: PartTimer | None = None,
+    loader=None,
+    cache: ChoiceCache | None = None,
+) -> LoadedModel:
+    """Verify the line's bundle, choose and load its artifact (``model.artifact``; ``auto``: the fastest
+    here within the accuracy budget, cached per machine), run the golden self-test, and measure what the box
+    sustains (one part = one batch of ``assembly.views_per_part`` views).
+
+    Args:
+        time_part: seconds per part of a loaded backend (default: ``part_timer`` on the golden images).
+        loader: ``loader(artifact) -> Backend`` (default: ``load_backend`` with the line's settings).
+        cache: the artifact choice cache (default: ``$XDG_CACHE_HOME/rtvp-edge/artifact-choice.json``).
+    Raises:
+        BundleError: the bundle is refused or its self-test fails.
+        ConfigError: ``model.artifact`` pins a precision the bundle lacks.
+    """
+    m = config.model
+    manifest = load_manifest(m.bundle, public_key=m.public_key)
+    views = config.assembly.views_per_part
+    if loader is None:
+
+        def loader(art):
+            return load_backend(m.backend, m.bundle, manifest, m.device, m.threads, m.infer_requests, art)
+
+    if time_part is None:
+        time_part = part_timer(m.bundle, manifest, views, load_embeddings(m.bundle, manifest))
+    cpu_model, cpu_flags = cpu_identity()
+    bundle_hash = sha256_file(Path(m.bundle) / "manifest.json")
+    key = choice_key(cpu_model, cpu_flags, m.backend, backend_version(m.backend), m.device, bundle_hash)
+    cache = cache if cache is not None else ChoiceCache(default_cache_dir() / CACHE_FILE)
+    try:
+        choice, backend = choose_artifact(manifest, m.backend, loader, time_part, m.artifact, cache, key)
+    except PinError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
+    try:
+        if m.selftest:
+            run_golden_selftest(m.bundle, manifest, backend)
+        part_s = choice.part_s[choice.precision] if choice.how == "measured" else time_part(backend)
+        capacity = Capacity(float(part_s), views, *line_rate(config))
+    except BaseException:
+        backend.close()
+        raise
+    return LoadedModel(manifest, backend, choice, capacity)
+
+
+def model_info(
+    manifest: BundleManifest, backend: str, bundle_dir: str | Path, artifact: Artifact | None = None
+) -> dict:
+    """Identity of the running model for events: name, version, precision (of ``artifact``, the one
+    running; default the backend's first), backend and the bundle's hash (sha256 of its manifest.json,
+    which lists the sha256 of every file: ``sha256sum manifest.json``)."""
     have = {a.backend for a in manifest.artifacts}
     # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
-    art = manifest.artifact(backend if backend in have else "onnxruntime")
+    art = artifact or manifest.artifact(backend if backend in have else "onnxruntime")
     return {
         "name": manifest.model.name,
         "version": manifest.model.version,
@@ -503,39 +650,62 @@ def build_pipeline(
     publisher=None,
     use_mqtt: bool = True,
     part_sinks: Sequence[PartSink] = (),
+    time_part: PartTimer | None = None,
 ) -> Pipeline:
-    """Build every collaborator of a line once: bundle (hash check), backend, golden self-test, policy,
-    sources, evidence writer and (when ``use_mqtt``) the MQTT event publisher.
+    """Build every collaborator of a line once: bundle (hash check), the artifact for this machine and its
+    backend, golden self-test, capacity, policy, sources (a simulated line paced to what the box sustains),
+    evidence writer and (when ``use_mqtt``) the MQTT event publisher.
 
+    Args:
+        time_part: seconds per part of a loaded backend (tests inject a slow or fast box); see ``load_model``.
     Raises:
         BundleError: the bundle is refused (tampered, missing artifact, self-test failed).
         ConfigError: the line file disagrees with the bundle (e.g. a class name the bundle lacks).
     """
     m = config.model
-    manifest, backend = load_and_check_bundle(
-        m.bundle, m.backend, m.device, m.threads, m.infer_requests, m.selftest, m.public_key
-    )
+    loaded = load_model(config, time_part=time_part)
+    manifest, backend, choice, capacity = loaded.manifest, loaded.backend, loaded.choice, loaded.capacity
+    info = model_info(manifest, m.backend, m.bundle, choice.artifact)
     log.info(
         "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
         config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
-        manifest.model.version, model_info(manifest, m.backend, m.bundle)["precision"], m.backend, m.device,
+        manifest.model.version, info["precision"], m.backend, m.device,
         backend.describe(), f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
     )  # fmt: skip
+    log.info("%s", choice.describe())
     try:
+        paced = None
+        sources_config = config
+        if capacity.overloaded and any(c.kind == "sim" for c in config.cameras):
+            # a simulated line can be slowed: pace the rig instead of overloading the box into INCOMPLETE
+            paced = paced_rate(capacity)
+            sources_config = config.model_copy(
+                update={"sim": config.sim.model_copy(update={"line_rate_hz": paced})}
+            )
+            log.warning(
+                "capacity: %s: the simulated line is paced to %.2f parts/s", capacity.describe(), paced
+            )
+        elif capacity.overloaded:
+            log.warning(
+                "capacity: %s: the line is faster than this box; frames will be dropped and parts become "
+                "INCOMPLETE (a faster box, a lighter artifact or fewer views per part would keep up)",
+                capacity.describe(),
+            )
+        else:
+            log.info("capacity: %s", capacity.describe())
         policy = build_policy(config, manifest)
         crops = {c.id: c.crop for c in config.cameras if c.crop is not None}
         inference = PartInference(
             backend, manifest, m.bundle, policy, config.detection.iou_threshold, crops=crops
         )
         try:
-            sources, rig = build_sources(config)
+            sources, rig = build_sources(sources_config)
         except ValueError as e:  # e.g. the rig refuses a setting the schema let through
             raise ConfigError(f"{config.source}: cameras: {e}") from None
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
         )
-        info = model_info(manifest, m.backend, m.bundle)
         if publisher is None and use_mqtt:
             publisher = _build_publisher(config, info)
         plc = None
@@ -545,7 +715,7 @@ def build_pipeline(
                 config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
             )
             plc.start()
-        return Pipeline(
+        pipeline = Pipeline(
             config,
             sources,
             inference,
@@ -559,6 +729,14 @@ def build_pipeline(
             plc,
             part_sinks,
         )
+        pipeline.artifact_choice, pipeline.capacity, pipeline.paced_rate_hz = choice, capacity, paced
+        if publisher is not None and hasattr(publisher, "status_extra"):
+            state, _ = pipeline.capacity_state()
+            publisher.status_extra = {
+                "artifact": choice.as_dict(),
+                "capacity": {**capacity.as_dict(), "paced_rate_hz": paced, "state": state},
+            }
+        return pipeline
     except BaseException:
         backend.close()
         raise

@@ -43,12 +43,16 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
             f"{bundle_dir}: the bundle has no golden samples, the start-up self-test cannot run "
             "(re-export it, or set model.selftest: false in the line file to accept the risk)"
         )
-    samples = manifest.golden_for(backend.name)
+    art = getattr(backend, "artifact", None)  # the artifact it runs, when the bundle holds several
+    samples = manifest.golden_for(backend.name, art.precision if art is not None else None)
     if not samples:
-        recorded = ", ".join(sorted({g.backend or "any" for g in manifest.golden}))
+        recorded = ", ".join(
+            sorted({" ".join(x for x in (g.backend or "any", g.precision) if x) for g in manifest.golden})
+        )
+        mine = backend.name if art is None else f"{backend.name} {art.precision}"
         raise BundleError(
-            f"{bundle_dir}: the golden outputs were recorded for {recorded}, not {backend.name}: the self-test "
-            f"cannot check this backend (run the bundle on {recorded}, or re-export it for {backend.name})"
+            f"{bundle_dir}: the golden outputs were recorded for {recorded}, not {mine}: the self-test "
+            f"cannot check this artifact (run the bundle on {recorded}, or re-export it for {mine})"
         )
     names = [c.name for c in manifest.vocabulary.classes]
     spec = manifest.preprocess.spec()
@@ -83,4 +87,4 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
                 f"{path}: golden self-test failed on {backend.name}: unexpected {d.class_name} score "
                 f"{d.score:.3f} box {[round(v, 1) for v in d.box]}"
             )
-    return len(manifest.golden)
+    return len(samples)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rtvp_edge.bundle import BundleError, BundleManifest, bundle_path, read_verified
+from rtvp_edge.bundle import Artifact, BundleError, BundleManifest, bundle_path, read_verified
 
 # callback(boxes (B,N,4), scores (B,N,C), error) -- exactly one of (outputs, error) is set.
 InferCallback = Callable[[np.ndarray | None, np.ndarray | None, BaseException | None], None]
@@ -35,6 +35,8 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self.manifest: BundleManifest | None = None
         self.fixed_batch: int = -1  # > 0 when the compiled artifact only accepts this batch size
+        # Which of the bundle's artifacts to load (set before ``load``; None: the backend's first one).
+        self.artifact: Artifact | None = None
 
     @abc.abstractmethod
     def load(self, bundle_dir: str | Path, manifest: BundleManifest, device: str, threads: int) -> None:
@@ -115,9 +117,12 @@ class Backend(abc.ABC):
             )
 
 
-def artifact_path(bundle_dir: str | Path, manifest: BundleManifest, backend: str) -> Path:
-    """Where the backend's artifact is (for messages and cache keys). Load ``artifact_bytes``, not this path."""
-    art = manifest.artifact(backend)
+def artifact_path(
+    bundle_dir: str | Path, manifest: BundleManifest, backend: str, art: Artifact | None = None
+) -> Path:
+    """Where the backend's artifact (``art``, default its first) is, for messages and cache keys. Load
+    ``artifact_bytes``, not this path."""
+    art = art or manifest.artifact(backend)
     root = Path(bundle_dir).resolve()
     bundle_path(root, art.path, f"{backend} artifact path")
     p = Path(bundle_dir) / art.path
@@ -126,11 +131,14 @@ def artifact_path(bundle_dir: str | Path, manifest: BundleManifest, backend: str
     return p
 
 
-def artifact_bytes(bundle_dir: str | Path, manifest: BundleManifest, backend: str) -> tuple[Path, bytes]:
-    """The backend's artifact, read once and checked against the manifest's sha256: ``(path, bytes)``.
-    Backends compile these bytes, never the path, so what runs is what was hashed."""
-    path = artifact_path(bundle_dir, manifest, backend)
-    return path, read_verified(bundle_dir, manifest, manifest.artifact(backend).path, f"{backend} artifact")
+def artifact_bytes(
+    bundle_dir: str | Path, manifest: BundleManifest, backend: str, art: Artifact | None = None
+) -> tuple[Path, bytes]:
+    """The backend's artifact (``art``, default its first), read once and checked against the manifest's
+    sha256: ``(path, bytes)``. Backends compile these bytes, never the path, so what runs is what was hashed."""
+    art = art or manifest.artifact(backend)
+    path = artifact_path(bundle_dir, manifest, backend, art)
+    return path, read_verified(bundle_dir, manifest, art.path, f"{backend} artifact")
 
 
 def load_embeddings(bundle_dir: str | Path, manifest: BundleManifest) -> np.ndarray | None:

@@ -21,7 +21,9 @@ class OnnxRuntimeBackend(Backend):
                 "backend onnxruntime is not installed: pip install 'rtvp-edge[onnxruntime]'"
             ) from None
         self.manifest = manifest
-        path, model = artifact_bytes(bundle_dir, manifest, "onnxruntime")  # the hashed bytes, not the path
+        self.artifact = self.artifact or manifest.artifact("onnxruntime")
+        # the hashed bytes, not the path
+        path, model = artifact_bytes(bundle_dir, manifest, "onnxruntime", self.artifact)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -25,9 +25,9 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         self.manifest = manifest
-        if any(a.backend == "openvino" for a in manifest.artifacts):
-            art = manifest.artifact("openvino")
-            path, model_bytes = artifact_bytes(bundle_dir, manifest, "openvino")
+        if self.artifact is not None or any(a.backend == "openvino" for a in manifest.artifacts):
+            art = self.artifact or manifest.artifact("openvino")
+            path, model_bytes = artifact_bytes(bundle_dir, manifest, art.backend, art)
             weights_rel = art.path[: -len(".xml")] + ".bin" if art.path.endswith(".xml") else None
             # Compile exactly as export measured it: e.g. INFERENCE_PRECISION_HINT (a CPU with bf16 support
             # otherwise runs an FP32 IR in bf16, and the golden outputs would not match).
@@ -36,7 +36,7 @@ class OpenVINOBackend(Backend):
             # OpenVINO reads ONNX directly; a bundle without an IR still runs (after a slower compile),
             # in f32 like the ONNX Runtime it was verified with.
             art = manifest.artifact("onnxruntime")
-            path, model_bytes = artifact_bytes(bundle_dir, manifest, "onnxruntime")
+            path, model_bytes = artifact_bytes(bundle_dir, manifest, "onnxruntime", art)
             weights_rel = None
             config = dict(art.properties) or (
                 {"INFERENCE_PRECISION_HINT": "f32"} if art.precision == "fp32" else {}
@@ -72,6 +72,7 @@ class OpenVINOBackend(Backend):
         self._queue.set_callback(self._done)
         self.device = device
         self.properties = config
+        self.artifact = art
 
     def _feeds(self, batch: np.ndarray, embeddings: np.ndarray | None) -> dict:
         io = self.manifest.io
