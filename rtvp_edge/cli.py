@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from rtvp_edge import __version__
+from rtvp_edge.broker import BrokerError
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.config import ConfigError, load_line_config
 from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         return cmd_listen(args)
-    except (ConfigError, BundleError, MqttConfigError, MqttConnectError) as e:
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError, BrokerError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return EXIT_OK

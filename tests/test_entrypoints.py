@@ -30,7 +30,7 @@ RUNNER = textwrap.dedent(
     sys.meta_path.insert(0, NotInstalled())
     module, function = sys.argv[2].split(":")
     sys.argv = [sys.argv[2], *sys.argv[3:]]
-    getattr(importlib.import_module(module), function)()
+    sys.exit(getattr(importlib.import_module(module), function)())
     """
 )
 
@@ -100,3 +100,17 @@ def test_every_console_script_is_covered():
         for k, v in console_scripts().items()
         if k != "rtvp-edge"
     )
+
+
+def test_demo_line_without_the_demo_extra_names_it(tmp_path):
+    from test_backends import make_toy_bundle
+    from test_pipeline_mqtt import rig_line
+
+    from tests.mqtt_broker import free_port
+
+    line = rig_line(tmp_path, make_toy_bundle(tmp_path / "bundle"), free_port(), n=0)
+    line.write_text(line.read_text().replace("broker: external", "broker: embedded"))
+    r = run_entry(console_scripts()["rtvp-edge"], ["amqtt"], "run", "--line", str(line), "--parts", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "mqtt.broker: embedded needs the 'demo' extra (amqtt is not installed)" in r.stderr
+    assert "pip install 'rtvp-edge[demo]'" in r.stderr
