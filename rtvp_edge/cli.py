@@ -63,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--max", type=int, default=None, help="exit after this many messages")
     li.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     li.add_argument("--defects", action="store_true", help="also print one line per defect event")
+    li.add_argument(
+        "--wait-broker",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wait this long for the broker to come up, e.g. before the demo starts (default 300; 0: fail at once)",
+    )
+    li.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep listening after the station's clean stop (default: exit after its OFFLINE status)",
+    )
     return p
 
 
@@ -199,6 +211,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         max_messages=args.max,
         timeout=args.timeout,
         show_defects=args.defects,
+        wait_for_broker=args.wait_broker,
+        until_offline=not args.follow,
     )
     return EXIT_OK
 
