@@ -13,11 +13,13 @@ What a consumer of at-least-once MQTT must do, shown end to end:
 
 Run (against the demo line's embedded broker, or a site broker)::
 
-    python examples/mes_subscriber.py --db mes.sqlite                       # localhost:1883, all stations
+    python examples/mes_subscriber.py --port 18830       # the demo's broker; stores into var/mes.sqlite
+    python examples/mes_subscriber.py                    # localhost:1883, all stations
     python examples/mes_subscriber.py --host broker.plant --port 8883 --ca ca.pem \\
         --username mes --password-env MES_MQTT_PASSWORD --topic-root 'rtvp/plant1/+/+'
 
-Then e.g. ``sqlite3 mes.sqlite 'select part_id, verdict, defect_count from verdicts order by seq'``.
+Then e.g. ``sqlite3 var/mes.sqlite 'select part_id, verdict, defect_count from verdicts order by seq'``
+(``var/`` is ignored by git).
 Uses only paho-mqtt and the Python standard library, so it runs on a MES host without rtvp-edge.
 """
 
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--topic-root", default="rtvp/+/+/+", help="station root or filter (default: all)")
-    parser.add_argument("--db", default="mes.sqlite", help="SQLite file for verdicts and defects")
+    parser.add_argument(
+        "--db", default="var/mes.sqlite", help="SQLite file for verdicts and defects (default var/mes.sqlite)"
+    )
     parser.add_argument("--client-id", default="mes-subscriber", help="fixed: the broker keeps its session")
     parser.add_argument("--username")
     parser.add_argument("--password-env", help="environment variable holding the password")
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     store = MesStore(args.db)
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False)
     if args.username:

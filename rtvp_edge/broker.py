@@ -48,6 +48,13 @@ class EmbeddedBroker:
         """Start listening; raises ``BrokerError`` naming the address when it cannot."""
         if self._thread is not None:
             return self
+        try:
+            import amqtt  # noqa: F401  (the demo extra; a line with a site broker never needs it)
+        except ModuleNotFoundError:
+            raise BrokerError(
+                "mqtt.broker: embedded needs the 'demo' extra (amqtt is not installed): scripts/bootstrap.sh "
+                "demo (or: pip install 'rtvp-edge[demo]'), or set mqtt.broker: external"
+            ) from None
         # Check the port first: amqtt logs a traceback and its error does not name the address.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

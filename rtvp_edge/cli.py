@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from rtvp_edge import __version__
+from rtvp_edge.broker import BrokerError
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.config import ConfigError, load_line_config
 from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
@@ -67,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--max", type=int, default=None, help="exit after this many messages")
     li.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     li.add_argument("--defects", action="store_true", help="also print one line per defect event")
+    li.add_argument(
+        "--wait-broker",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wait this long for the broker to come up, e.g. before the demo starts (default 300; 0: fail at once)",
+    )
+    li.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep listening after the station's clean stop (default: exit after its OFFLINE status)",
+    )
     return p
 
 
@@ -240,6 +253,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         max_messages=args.max,
         timeout=args.timeout,
         show_defects=args.defects,
+        wait_for_broker=args.wait_broker,
+        until_offline=not args.follow,
     )
     return EXIT_OK
 
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         return cmd_listen(args)
-    except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError) as e:
+    except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError, BrokerError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -1,7 +1,10 @@
 """Annotated evidence images for NG parts, kept for ``retention_days`` and at most ``max_files`` files.
 
-Layout: ``<dir>/<YYYY-MM-DD>/<part_id>_<trigger>_<camera>.jpg`` (UTC date of the decision), one image per
-view with a detection, boxes and labels drawn in."""
+Layout: ``<dir>/<YYYY-MM-DD>/<HHMMSSmmm>_<part_id>_<trigger>_<camera>.jpg`` (UTC date and time of the
+decision), one image per view with a detection, boxes and labels drawn in. The time in the name keeps the
+images of a new run (whose part ids start again at C000000) from overwriting those of an earlier one, and
+sorts a day's images in decision order. Labels sit on a filled background and are moved down until they
+do not cover one another."""
 
 from __future__ import annotations
 
@@ -63,8 +66,9 @@ class EvidenceWriter:
         if verdict.verdict == "OK":
             return verdict
         by_view = {f.view_index: f for f in frames}
-        day = datetime.fromtimestamp(verdict.decided_time or time.time(), timezone.utc).strftime("%Y-%m-%d")
-        out_dir = self.root / day
+        decided = datetime.fromtimestamp(verdict.decided_time or time.time(), timezone.utc)
+        out_dir = self.root / decided.strftime("%Y-%m-%d")
+        stamp = decided.strftime("%H%M%S") + f"{decided.microsecond // 1000:03d}"
         views = []
         for v in verdict.views:
             f = by_view.get(v.view_index)
@@ -72,14 +76,16 @@ class EvidenceWriter:
                 views.append(v)
                 continue
             out_dir.mkdir(parents=True, exist_ok=True)
-            name = _SAFE.sub("_", f"{verdict.part_id}_{verdict.trigger_seq}_{v.camera_id}") + ".jpg"
+            name = _SAFE.sub("_", f"{stamp}_{verdict.part_id}_{verdict.trigger_seq}_{v.camera_id}") + ".jpg"
             path = out_dir / name
             img = f.image.copy()
             for d in v.detections:
                 x1, y1, x2, y2 = (int(round(c)) for c in d.box)
                 cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
-                label = f"{d.class_name} {d.score:.2f}"
-                cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+            placed: list[tuple[int, int, int, int]] = [(0, 0, 10_000, 28)]  # the header line
+            for d in sorted(v.detections, key=lambda d: -d.score):
+                x1, y1 = int(round(d.box[0])), int(round(d.box[1]))
+                _label(img, f"{d.class_name} {d.score:.2f}", x1, y1, placed)
             cv2.putText(
                 img, f"{verdict.part_id} {verdict.verdict} {v.camera_id}", (8, 20),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2,
@@ -114,3 +120,29 @@ class EvidenceWriter:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         return removed
+
+
+def _label(img, text: str, x: int, y_top: int, placed: list[tuple[int, int, int, int]]) -> None:
+    """Draw ``text`` on a filled background just above ``(x, y_top)`` (a box corner), moved down until it
+    overlaps no rectangle in ``placed`` (x1, y1, x2, y2), which it is then added to."""
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    (w, h), base = cv2.getTextSize(text, font, scale, thick)
+    h_img, w_img = img.shape[:2]
+    x = max(0, min(x, w_img - w - 4))
+    y = max(0, y_top - h - base - 4)  # top of the label
+
+    def overlaps(y0: int) -> bool:
+        return any(
+            x < bx2 and x + w + 4 > bx1 and y0 < by2 and y0 + h + base + 4 > by1
+            for bx1, by1, bx2, by2 in placed
+        )
+
+    for _ in range(64):  # bounded: at worst it overlaps after 64 moves
+        if not overlaps(y):
+            break
+        y += h + base + 4
+    y = min(y, max(0, h_img - h - base - 4))
+    rect = (x, y, x + w + 4, y + h + base + 4)
+    cv2.rectangle(img, rect[:2], rect[2:], (0, 0, 255), -1)
+    cv2.putText(img, text, (x + 2, y + h + 2), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    placed.append(rect)

@@ -3,7 +3,7 @@
 # Extra arguments go to `rtvp-edge run`, e.g.  scripts/demo.sh --parts 50
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh demo  # the runtime + the embedded broker (no torch)
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--parts 20)
 exec .venv/bin/rtvp-edge run --line line_config/glass.yaml "${args[@]}"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rtvp_edge.backends import BACKENDS, load_backend
+from rtvp_edge.backends.openvino import cpu_float_precision
 from rtvp_edge.bundle import (
     Artifact,
     BundleError,
@@ -250,9 +251,59 @@ def test_selftest_without_golden_samples_is_refused(tmp_path):
 
 @pytest.mark.parametrize("hint", ["f32", "bf16"])
 def test_openvino_compiles_with_the_artifact_properties(tmp_path, hint):
+    import openvino as ov
+
     root = make_toy_bundle(tmp_path / "b", golden=False, ov_properties={"INFERENCE_PRECISION_HINT": hint})
     b = load_backend("openvino", root, load_manifest(root), "CPU", 1)
-    assert b.describe()["precision_hint"] == hint
+    # What OpenVINO chose (asked of the compiled model) is what this CPU can run: bf16 only with bf16
+    # units. The expectation comes from the CPU's own answer, so the test holds on any x86-64 CPU.
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert b.describe()["precision_hint"] == cpu_float_precision(hint, caps)
+    assert b.describe()["precision_requested"] == hint
+
+
+def test_openvino_artifact_properties_reach_the_compiler_on_any_cpu(tmp_path):
+    # A property every CPU honours: proves the artifact's properties are passed to compile_model even
+    # on a CPU where the precision hint falls back to f32 whether it was passed or not.
+    root = make_toy_bundle(tmp_path / "b", golden=False, ov_properties={"EXECUTION_MODE_HINT": "ACCURACY"})
+    b = load_backend("openvino", root, load_manifest(root), "CPU", 1)
+    assert str(b.compiled.get_property("EXECUTION_MODE_HINT")).endswith("ACCURACY")
+
+
+@pytest.mark.parametrize(
+    ("requested", "capabilities", "runs_in"),
+    [
+        ("bf16", ["FP32", "INT8", "BF16"], "bf16"),  # AVX512-BF16 / AMX
+        ("bf16", ["FP32", "INT8"], "f32"),  # AVX2 only: OpenVINO falls back to f32
+        ("f32", ["FP32", "INT8", "BF16"], "f32"),
+        ("f32", ["FP32", "INT8"], "f32"),
+        (None, ["FP32", "BF16"], "bf16"),  # no hint: the plugin's default where it has bf16
+        (None, ["FP32"], "f32"),
+        ("f16", ["FP32", "FP16", "BF16"], "f16"),
+        ("f16", ["FP32", "BF16"], "bf16"),
+        ("f16", ["FP32"], "f32"),
+    ],
+)
+def test_cpu_float_precision_with_and_without_bf16_units(requested, capabilities, runs_in):
+    assert cpu_float_precision(requested, capabilities) == runs_in
+
+
+def test_openvino_fallback_is_logged(tmp_path, monkeypatch, caplog):
+    import openvino as ov
+
+    # The compiled model answers f32 to a bf16 request, as on a CPU without bf16 units.
+    real_compile = ov.Core.compile_model
+
+    def compile_without_bf16(self, model, device, config=None):
+        config = {**(config or {}), "INFERENCE_PRECISION_HINT": "f32"}
+        return real_compile(self, model, device, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", compile_without_bf16)
+    root = make_toy_bundle(tmp_path / "b", golden=False, ov_properties={"INFERENCE_PRECISION_HINT": "bf16"})
+    with caplog.at_level("WARNING", logger="rtvp_edge.backends.openvino"):
+        b = load_backend("openvino", root, load_manifest(root), "CPU", 1)
+    assert b.describe()["precision_hint"] == "f32" and b.describe()["precision_requested"] == "bf16"
+    assert "asks OpenVINO for bf16, this CPU runs it in f32" in caplog.text
 
 
 def test_unknown_backend_and_missing_artifact(tmp_path):

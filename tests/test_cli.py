@@ -84,7 +84,7 @@ def test_sigterm_with_a_real_broker(tmp_path, bundle, mosquitto):
             proc.kill()
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err and "Traceback" not in err
-    time.sleep(0.5)
+    assert sub.wait_for_clean_stop(), "the station's clean-stop status never arrived"
     sub.close()
     local = [json.loads(x)["part_id"] for x in out.read_text().splitlines()]
     on_broker = [v["part_id"] for v in sub.of("verdict")]
@@ -158,8 +158,9 @@ def test_sigkill_then_restart_delivers_what_the_outbox_held(tmp_path, bundle, mo
     sub = Collector(mosquitto.host, mosquitto.port, ROOT_TOPIC)
     r = cli("run", "--line", str(line), "--parts", "1", "--no-live")
     assert r.returncode == 0, r.stderr
-    got = sub.wait_for("verdict", len(held) + 1, timeout=30)
+    assert sub.wait_for_clean_stop(), "the station's clean-stop status never arrived"
     sub.close()
+    got = sub.of("verdict")
     assert held <= {v["part_id"] for v in got}  # everything the killed runtime had judged arrived
 
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from rtvp_edge.listen import format_event, run_listen
+from rtvp_edge.listen import format_event, metrics_summary, run_listen
 from rtvp_edge.mqtt import EventPublisher, MqttConfig, MqttConnectError, StationIds
-from tests.mqtt_broker import MODEL_INFO, free_port, make_verdict
+from tests.mqtt_broker import MODEL_INFO, MosquittoBroker, find_mosquitto, free_port, make_verdict
 
 pytestmark = pytest.mark.mqtt
 
@@ -40,7 +40,9 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     pub.publish_verdict(make_verdict(3, n_defects=0, incomplete=True))  # 1 message
     while pub.outbox_depth():  # metrics (QoS 0, not queued) would otherwise overtake queued verdicts
         time.sleep(0.01)
-    pub.publish_metrics({"parts_per_s": 4.91, "cameras": {"L1": {"fps": 5.0, "dropped": 0}}})  # 1
+    pub.publish_metrics(
+        {"parts_per_s": 4.91, "cameras": {"L1": {"state": "STREAMING", "fps": 5.0, "dropped": 0}}}
+    )
     pub.stop(flush_timeout=5)  # status offline: 1 -> 8 in all
     listener.join(timeout=30)
     assert result["n"] == 8, out.getvalue()
@@ -51,7 +53,8 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     assert "C000002  NG" in lines[2] and "L1 oil 0.50 (10,20,60,80); L2 black spot 0.51" in lines[2]
     assert "[150 ms]" in lines[2]
     assert "C000003  INCOMPLETE" in lines[3] and "missing views 4,5" in lines[3]
-    assert "metrics" in lines[4] and "parts_per_s=4.91" in lines[4] and "L1 fps=5 dropped=0" in lines[4]
+    assert "metrics  0 parts 4.91/s  cameras 1/1 streaming" in lines[4], lines[4]
+    assert len(lines[4]) < 120  # short: the full figures are in the payload
     assert "status OFFLINE  (clean stop)" in lines[5]
 
 
@@ -75,3 +78,92 @@ def test_listen_errors_are_clear(mosquitto_factory, tmp_path, monkeypatch):
     cfg = MqttConfig(broker="external", port=broker.port, username="mes", password_env="RTVP_TEST_PW")
     with pytest.raises(MqttConnectError, match="(?i)refused the connection: not authorized"):
         run_listen(cfg, "rtvp/a/b/c", out=io.StringIO(), timeout=1)
+
+
+def _wait_for_text(out: io.StringIO, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in out.getvalue():
+        assert time.monotonic() < deadline, out.getvalue()
+        time.sleep(0.02)
+
+
+def _listen_in_thread(cfg, out, **kwargs):
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("n", run_listen(cfg, cfg.topic_root, out=out, **kwargs)), daemon=True
+    )
+    thread.start()
+    return thread, result
+
+
+def test_listen_waits_for_the_broker_to_come_up(tmp_path):
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.fail("mosquitto not installed (apt-get install mosquitto)")
+    broker = MosquittoBroker(workdir=tmp_path / "broker", binary=binary)  # configured, not started
+    cfg = _config(broker, tmp_path)
+    out = io.StringIO()
+    thread, result = _listen_in_thread(cfg, out, wait_for_broker=120, max_messages=1, timeout=120)
+    _wait_for_text(out, f"waiting for the MQTT broker at 127.0.0.1:{broker.port}")
+    assert thread.is_alive()  # still waiting, not failed
+    broker.start()
+    try:
+        _wait_for_text(out, "listening on")
+        pub = EventPublisher(cfg, StationIds("plant1", "glass", "st1"), MODEL_INFO).start()  # status online
+        thread.join(timeout=60)
+        pub.stop(flush_timeout=30)
+    finally:
+        broker.stop()
+    assert result["n"] == 1 and "status ONLINE" in out.getvalue()
+
+
+def test_listen_without_waiting_fails_at_once_with_the_address():
+    port = free_port()
+    with pytest.raises(MqttConnectError, match=f"cannot reach MQTT broker 127.0.0.1:{port}"):
+        run_listen(MqttConfig(port=port), "rtvp/a/b/c", out=io.StringIO(), wait_for_broker=0)
+
+
+def test_listen_exits_after_the_stations_clean_stop_not_an_earlier_retained_one(mosquitto, tmp_path):
+    cfg = _config(mosquitto, tmp_path)
+    station = StationIds("plant1", "glass", "st1")
+    # An earlier run left its retained "offline, clean stop": a new listener receives it first.
+    EventPublisher(cfg, station, MODEL_INFO).start().stop(flush_timeout=30)
+    out = io.StringIO()
+    thread, result = _listen_in_thread(cfg, out, until_offline=True, timeout=300)
+    _wait_for_text(out, "status OFFLINE")  # the retained one
+    assert thread.is_alive()
+    pub = EventPublisher(cfg, station, MODEL_INFO).start()
+    pub.publish_verdict(make_verdict(1))
+    pub.stop(flush_timeout=30)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "listen did not exit after the clean stop"
+    text = out.getvalue()
+    assert "C000001  NG" in text and text.count("status OFFLINE") == 2 and "stopped cleanly: done" in text
+
+
+def test_metrics_summary_is_short_and_skips_empty_fields():
+    line = metrics_summary(
+        {
+            "uptime_s": 61.2,
+            "parts": 12,
+            "verdicts": {"OK": 10, "NG": 2, "INCOMPLETE": 0},
+            "parts_per_s": 3.912,
+            "latency_ms": {"trigger_to_verdict": {"p50": 150.4, "p99": 210.0, "n": 12}},
+            "cameras": {
+                "L1": {"state": "STREAMING", "fps": 4.0, "dropped": 0},
+                "R2": {"state": "BACKOFF", "fps": 0.0, "dropped": 3},
+            },
+            "queues": {"parts": 0, "results": 0, "open_parts": 1},
+            "sink_errors": {},
+            "stage_errors": {},
+            "outbox_depth": 0,
+            "outbox_dropped_total": 0,
+            "broker_state": "connected",
+            "reconnects": 0,
+        }
+    )
+    assert line == (
+        "12 parts 3.91/s (10 OK, 2 NG)  latency p50 150 p99 210 ms  "
+        "cameras 1/2 streaming (R2 BACKOFF), 3 frames dropped"
+    )
+    assert "outbox 5" in metrics_summary({"parts": 0, "outbox_depth": 5, "broker_state": "connecting"})

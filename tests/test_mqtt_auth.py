@@ -48,7 +48,7 @@ def test_tls_and_password_deliver(secure_broker, tmp_path, monkeypatch):
     assert pub.connected
     seqs = pub.publish_verdict(make_verdict(2))
     assert collector.wait_for(lambda c: len([p for p in c.payloads() if "seq" in p]) >= len(seqs))
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     collector.close()
 
 
@@ -105,7 +105,7 @@ def test_client_certificate(mosquitto_factory, tmp_path):
     pub = EventPublisher(with_cert, STATION, MODEL_INFO).start()
     assert pub.connected
     pub.publish_verdict(make_verdict(0))
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     # Without a client certificate the broker ends the handshake: never connected, never silently "fine".
     without = MqttConfig(**base, tls={"ca": broker.tls["ca"]}, outbox={"path": tmp_path / "b.sqlite"})
     try:

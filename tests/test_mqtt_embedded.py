@@ -39,8 +39,8 @@ def test_publisher_round_trips_through_embedded_broker(tmp_path):
         expected = 0
         for i in range(10):
             expected += len(pub.publish_verdict(make_verdict(i)))
-        assert pub.stop(flush_timeout=10) == 0  # every event acknowledged (PUBACK) by amqtt
-        deadline = time.monotonic() + 10
+        assert pub.stop(flush_timeout=30) == 0  # every event acknowledged (PUBACK) by amqtt
+        deadline = time.monotonic() + 30
         while len([r for r in received if r[1].get("seq")]) < expected and time.monotonic() < deadline:
             time.sleep(0.05)
         sub.disconnect()

@@ -94,3 +94,17 @@ def test_example_program_against_a_broker(mosquitto, tmp_path):
     assert con.execute("SELECT COUNT(*) FROM defects").fetchone()[0] == 4
     assert con.execute("SELECT COUNT(*) FROM gaps").fetchone()[0] == 0
     con.close()
+
+
+@pytest.mark.mqtt
+def test_example_default_database_goes_where_git_ignores_it(mosquitto, tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--port", str(mosquitto.port), "--timeout", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "var" / "mes.sqlite").is_file()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "var/mes.sqlite"], cwd=EXAMPLE.parents[1], capture_output=True
+    )
+    assert ignored.returncode == 0, "var/mes.sqlite is not git-ignored"

@@ -61,7 +61,7 @@ def test_every_event_arrives_in_order_and_validates(mosquitto, tmp_path):
     )
     assert pub.publish_metrics({"parts_per_s": 5.0, "inference_ms_p50": 40.0})
     assert collector.wait_for(lambda c: c.payloads("metrics"))
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     assert collector.wait_for(lambda c: [s["state"] for s in c.payloads("status")][-1:] == ["offline"])
     collector.close()
 
@@ -80,7 +80,7 @@ def test_every_event_arrives_in_order_and_validates(mosquitto, tmp_path):
     assert statuses[0][0] == "online" and statuses[-1][0] == "offline"
     # A subscriber arriving later gets the retained status: offline after the clean stop.
     late = Collector(mosquitto, f"{ROOT}/status", persistent=False)
-    assert late.wait_for(lambda c: c.messages, timeout=5)
+    assert late.wait_for(lambda c: c.messages, timeout=30)
     topic, payload, retained = late.messages[0]
     assert (
         retained
@@ -106,7 +106,10 @@ def test_broker_restart_mid_run_loses_nothing_and_keeps_order(mosquitto, tmp_pat
     thread.start()
     assert collector.wait_for(lambda c: len(c.payloads("verdict")) >= 30)
     mosquitto.stop()
-    time.sleep(0.3)
+    # the publisher notices the lost connection (a state to wait for, not a time)
+    deadline = time.monotonic() + 30
+    while (pub.connected or "retrying" not in pub.state) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not pub.connected and "retrying" in pub.state
     mosquitto.start()
     thread.join()
@@ -115,7 +118,7 @@ def test_broker_restart_mid_run_loses_nothing_and_keeps_order(mosquitto, tmp_pat
     assert collector.wait_for(
         lambda c: len(_first_occurrences(p["event_id"] for p in c.payloads())) >= total, 30
     )
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     assert pub.reconnects >= 1
     collector.close()
     payloads = collector.payloads()
@@ -195,7 +198,7 @@ def test_sigkill_then_restart_delivers_what_the_outbox_held(mosquitto, tmp_path)
     assert will["reason"] == "connection lost (last will)"
     validate_payload(will)
     late = Collector(mosquitto, f"{ROOT}/status", persistent=False)  # the will is retained
-    assert late.wait_for(lambda c: c.messages, timeout=5)
+    assert late.wait_for(lambda c: c.messages, timeout=30)
     assert late.messages[0][2] and json.loads(late.messages[0][1])["reason"] == "connection lost (last will)"
     late.close()
     # 2) killed with the broker down: everything it decided is only in the outbox.
@@ -245,7 +248,7 @@ def test_broker_down_at_start_buffers_then_delivers(mosquitto, tmp_path):
     mosquitto.start()
     collector = Collector(mosquitto, f"{ROOT}/verdict")
     assert collector.wait_for(lambda c: len(c.payloads()) >= 5, 20)
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     collector.close()
     assert [p["seq"] for p in collector.payloads()] == [1, 2, 3, 4, 5]
 
@@ -255,11 +258,11 @@ def test_injected_client_and_restart_continues_the_sequence(mosquitto, tmp_path)
     client = build_client(config, "injected-1")
     pub = EventPublisher(config, STATION, MODEL_INFO, client=client).start()
     assert pub.publish_verdict(make_verdict(0, n_defects=1)) == [1, 2]
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
     # A new process on the same outbox: the station sequence continues, it never restarts at 1.
     pub = EventPublisher(config, STATION, MODEL_INFO).start()
     assert pub.publish_verdict(make_verdict(1, n_defects=0)) == [3]
-    assert pub.stop(flush_timeout=5) == 0
+    assert pub.stop(flush_timeout=30) == 0
 
 
 def test_full_outbox_drops_oldest_loudly(mosquitto, tmp_path, caplog):
@@ -315,7 +318,7 @@ def test_in_flight_window_is_bounded(tmp_path):
 
     def silent_broker():
         conn, _ = server.accept()
-        conn.settimeout(2.0)
+        conn.settimeout(60.0)  # reads until the publisher disconnects (the end of the test)
         assert _read_packet(conn)[0] == 1  # CONNECT
         conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK, accepted
         try:
@@ -332,8 +335,18 @@ def test_in_flight_window_is_bounded(tmp_path):
     pub = EventPublisher(cfg, STATION, MODEL_INFO).start()
     for i in range(10):
         pub.publish_verdict(make_verdict(i, n_defects=0))
-    thread.join(timeout=10)
-    events = [t for t in publishes if not t.endswith("/status")]
-    assert len(events) == 4 and pub.outbox_depth() == 10
-    pub.stop(flush_timeout=0.1)
+
+    def events():
+        return [t for t in list(publishes) if not t.endswith("/status")]
+
+    # Wait for the state, not a time: the window is full on the wire.
+    deadline = time.monotonic() + 60
+    while len(events()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pub._cond:
+        handed = pub._last_handed  # the sender hands nothing more while the window is full
+    assert handed == 4 and pub.outbox_depth() == 10
+    pub.stop(flush_timeout=0.1)  # disconnects: the silent broker reads to the end of the stream
+    thread.join(timeout=60)
+    assert len(events()) == 4
     server.close()

@@ -60,3 +60,30 @@ def test_live_line_shows_counts_latency_and_broker():
     assert "parts 12 (1.50/s)" in line and "OK 9 NG 2 INCOMPLETE 1" in line
     assert "p50 210 p99 480 ms" in line and "cameras down R2" in line and "broker connected" in line
     assert "dropped 2" in line
+
+
+def test_a_new_run_does_not_overwrite_the_evidence_of_an_earlier_one(tmp_path):
+    import dataclasses
+
+    w = EvidenceWriter(tmp_path / "ev")
+    v, frames = part("C000000")
+    first = w.write(v, frames).views[0].evidence_path
+    # the next run starts its part ids at C000000 again, a few seconds later
+    again = dataclasses.replace(v, decided_time=v.decided_time + 5.0)
+    second = EvidenceWriter(tmp_path / "ev").write(again, frames).views[0].evidence_path
+    assert first != second and os.path.exists(first) and os.path.exists(second)
+    assert os.path.basename(first).endswith("_C000000_1_L1.jpg")
+
+
+def test_labels_of_many_defects_at_one_place_do_not_cover_one_another():
+    from rtvp_edge.evidence import _label
+
+    img = np.zeros((400, 300, 3), np.uint8)
+    placed = [(0, 0, 10_000, 28)]
+    for k in range(8):  # eight detections with the same top-left corner
+        _label(img, f"bubble 0.{k}9", 40, 60, placed)
+    rects = placed[1:]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    assert all(r[1] >= 0 and r[3] <= 400 for r in rects)

@@ -3,13 +3,47 @@ in flight with an ``AsyncInferQueue`` (one infer request per part, THROUGHPUT-fr
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
 from rtvp_edge.backends.base import Backend, InferCallback, artifact_bytes
 from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
+
+log = logging.getLogger(__name__)
+
+
+def cpu_float_precision(requested: str | None, capabilities: Collection[str]) -> str:
+    """The precision OpenVINO's CPU plugin runs float layers in, for a requested
+    ``INFERENCE_PRECISION_HINT`` on a CPU with these ``OPTIMIZATION_CAPABILITIES``.
+
+    A reduced precision is a request, not an order: bf16 runs as bf16 only where the CPU has bf16 units
+    (``"BF16"`` listed: AVX512-BF16 or AMX), f16 only where it lists ``"FP16"`` (else bf16 where there
+    is bf16, else f32); everything else falls back to f32. No hint is the plugin's default, bf16 where
+    available. The runtime compares this with what the compiled model reports (``describe()``) to
+    explain a fallback; a bundle exported in bf16 on one machine runs in f32 on a CPU without bf16.
+
+    Args:
+        requested: ``"f32"``, ``"bf16"``, ``"f16"`` or None (no hint).
+        capabilities: ``core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")``, e.g. ``["FP32", "BF16"]``.
+    Returns:
+        ``"f32"``, ``"bf16"`` or ``"f16"``.
+    """
+    caps = {c.upper() for c in capabilities}
+    want = (requested or "bf16").lower()
+    if want == "f16" and "FP16" not in caps:
+        want = "bf16"
+    if want == "bf16" and "BF16" not in caps:
+        want = "f32"
+    return want
+
+
+def _type_name(value) -> str:
+    """An ``ov.Type`` property (e.g. ``<Type: 'bfloat16'>``) as its short name (``bf16``)."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 class OpenVINOBackend(Backend):
@@ -73,6 +107,18 @@ class OpenVINOBackend(Backend):
         self.device = device
         self.properties = config
         self.artifact = art
+        requested = config.get("INFERENCE_PRECISION_HINT")
+        chosen = self.describe()["precision_hint"]
+        if device.upper().startswith("CPU") and requested and str(requested).lower() != chosen:
+            caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            log.warning(
+                "%s: the artifact asks OpenVINO for %s, this CPU runs it in %s (its capabilities: %s); "
+                "outputs differ slightly from those export measured",
+                path,
+                requested,
+                chosen,
+                ", ".join(caps),
+            )
 
     def _feeds(self, batch: np.ndarray, embeddings: np.ndarray | None) -> dict:
         io = self.manifest.io
@@ -121,10 +167,13 @@ class OpenVINOBackend(Backend):
         self.wait_all()
 
     def describe(self) -> dict:
+        """Adds ``precision_hint``: what the compiled model really runs float layers in (asked of
+        OpenVINO, not copied from the request), and ``precision_requested``: what the artifact asked for."""
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. f32 / bf16
         return {
             **super().describe(),
             "device": self.device,
             "infer_requests": self.infer_requests,
-            "precision_hint": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
+            "precision_hint": _type_name(hint),
+            "precision_requested": self.properties.get("INFERENCE_PRECISION_HINT"),
         }
