@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
+from rtvp_edge.plc.config import PlcConfig  # the ``plc:`` section (schema only; servers in rtvp_edge/plc)
 
 
 class ConfigError(Exception):
@@ -272,6 +273,7 @@ class LineConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    plc: PlcConfig | None = None  # OPC UA / Modbus servers and the reject deadline (docs/plc.md)
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
     _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading

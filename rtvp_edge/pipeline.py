@@ -73,6 +73,9 @@ class Pipeline:
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
         part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
             capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
+        plc_station: optional started ``rtvp_edge.plc.PlcStation`` (the line file's ``plc:``): sees every
+            accepted frame (arms the part's reject deadline) and every verdict first (signals the PLC),
+            stopped by ``close``.
     """
 
     def __init__(
@@ -89,14 +92,18 @@ class Pipeline:
         rig=None,
         plc: PlcPartIds | None = None,
         part_sinks: Sequence[PartSink] = (),
+        plc_station=None,
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
+        self.plc_station = plc_station
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
         self.model_info = model_info or {}
         self.sinks: list[Sink] = list(sinks)
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
         self.status_sinks = list(status_sinks)
+        if plc_station is not None:
+            self.status_sinks.append(plc_station.on_status)  # camera / model down -> PLC alarm
         self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
         self._wakeup = threading.Event()
@@ -152,7 +159,10 @@ class Pipeline:
                     while (f := w.buffer.get_nowait()) is not None:
                         if self.pairing is not None:
                             f = self.pairing.assign(f)
+                        ignored = self.assembler.stats.ignored_frames
                         parts += self.assembler.add(f)
+                        if self.plc_station is not None and self.assembler.stats.ignored_frames == ignored:
+                            self.plc_station.on_frame(f)  # a new trigger arms its reject deadline
                 parts += self.assembler.poll()
                 for p in parts:
                     self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
@@ -246,6 +256,13 @@ class Pipeline:
                         part.part_id, part.trigger_seq, "INCOMPLETE", (), part.missing_views,
                         (f"verdict failed: {type(e).__name__}: {e}",), decided_time=time.time(),
                     )  # fmt: skip
+                if self.plc_station is not None:  # the PLC first: it has a reject gate to meet
+                    try:
+                        verdict = self.plc_station.on_verdict(verdict)
+                    except Exception as e:
+                        self.metrics.sink_errors["plc"] += 1
+                        log.exception("PLC signal for part %s failed", part.part_id)
+                        self._status("plc", "ERROR", f"{type(e).__name__}: {e}")
                 if self.evidence is not None:
                     try:
                         verdict = self.evidence.write(verdict, part.frames)
@@ -332,6 +349,8 @@ class Pipeline:
                 "missing": self.plc.missing,
                 "malformed": self.plc.malformed,
             }
+        if self.plc_station is not None:
+            extra["plc_signals"] = dict(self.plc_station.stats)
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -405,6 +424,11 @@ class Pipeline:
         """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
         if self.plc is not None:
             self.plc.stop()
+        if self.plc_station is not None:
+            try:
+                self.plc_station.stop()
+            except Exception:
+                log.exception("PLC servers stop failed")
         if self.publisher is not None:
             try:
                 self.publisher.stop(flush_timeout)
@@ -518,6 +542,7 @@ def build_pipeline(
                 config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
             )
             plc.start()
+        plc_station = _build_plc_station(config, manifest) if config.plc is not None else None
         return Pipeline(
             config,
             sources,
@@ -531,6 +556,7 @@ def build_pipeline(
             rig,
             plc,
             part_sinks,
+            plc_station,
         )
     except BaseException:
         backend.close()
@@ -546,3 +572,19 @@ def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
     """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
     ``MqttConnectError`` for refused credentials)."""
     return EventPublisher(config.mqtt, station_ids(config), info)
+
+
+def _build_plc_station(config: LineConfig, manifest: BundleManifest):
+    """The line file's ``plc:`` servers around one ``PlcStation`` (started). A server that cannot start
+    (port in use, password variable unset, bad certificate) is a ``ConfigError`` naming the key."""
+    from rtvp_edge.plc import PlcStartError, build_plc_station
+
+    try:
+        return build_plc_station(
+            config.plc,
+            config.line.station,
+            [c.name for c in manifest.vocabulary.classes],
+            config.assembly.part_id_format,
+        )
+    except PlcStartError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
