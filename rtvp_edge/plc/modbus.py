@@ -75,7 +75,10 @@ class _Map(ModbusServerContext):
         return [0]
 
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):  # noqa: N802
-        table = self.coils if func_code in (1, 2) else self.regs if func_code in (3, 4) else None
+        # reads, and the read-back after a write (pymodbus reads with the write's function code)
+        table = (
+            self.coils if func_code in (1, 2, 5, 15) else self.regs if func_code in (3, 4, 6, 16) else None
+        )
         if table is None or address < 0 or address + count > len(table):
             return ExcCodes.ILLEGAL_ADDRESS
         return list(table[address : address + count])
