@@ -260,6 +260,14 @@ class RuntimeConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class MetricsConfig(_Strict):
+    """``metrics:``: a Prometheus scrape endpoint (``pip install 'rtvp-edge[metrics]'``; docs/runtime.md).
+    None: no HTTP endpoint (the periodic MQTT metrics event is always published)."""
+
+    prometheus_port: int | None = Field(None, ge=1, le=65535)
+    host: str = Field("0.0.0.0", min_length=1)  # the address to listen on (0.0.0.0: every interface)
+
+
 class LineConfig(_Strict):
     """The whole line file."""
 
@@ -274,6 +282,7 @@ class LineConfig(_Strict):
     evidence: EvidenceConfig = EvidenceConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     plc: PlcConfig | None = None  # OPC UA / Modbus servers and the reject deadline (docs/plc.md)
+    metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (docs/runtime.md)
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
     _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading

@@ -76,6 +76,9 @@ class Pipeline:
         plc_station: optional started ``rtvp_edge.plc.PlcStation`` (the line file's ``plc:``): sees every
             accepted frame (arms the part's reject deadline) and every verdict first (signals the PLC),
             stopped by ``close``.
+    Attributes:
+        exporter: the started ``PrometheusExporter`` when the line file has ``metrics.prometheus_port``
+            (``build_pipeline`` sets it; its ``observe`` is a sink), stopped last by ``close``.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Pipeline:
             self.status_sinks.append(plc_station.on_status)  # camera / model down -> PLC alarm
         self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
+        self.exporter = None
         self._wakeup = threading.Event()
         self.workers: dict[str, CameraWorker] = {}
         for cam in config.cameras:
@@ -438,6 +442,8 @@ class Pipeline:
             self.inference.backend.close()
         except Exception:
             log.exception("backend close failed")
+        if self.exporter is not None:  # last: the endpoint answers while the line shuts down
+            self.exporter.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -543,7 +549,7 @@ def build_pipeline(
             )
             plc.start()
         plc_station = _build_plc_station(config, manifest) if config.plc is not None else None
-        return Pipeline(
+        pipeline = Pipeline(
             config,
             sources,
             inference,
@@ -561,6 +567,13 @@ def build_pipeline(
     except BaseException:
         backend.close()
         raise
+    if config.metrics.prometheus_port is not None:
+        try:
+            _start_exporter(config, pipeline)
+        except BaseException:
+            pipeline.close(flush_timeout=0)
+            raise
+    return pipeline
 
 
 def station_ids(config: LineConfig) -> StationIds:
@@ -572,6 +585,27 @@ def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
     """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
     ``MqttConnectError`` for refused credentials)."""
     return EventPublisher(config.mqtt, station_ids(config), info)
+
+
+def _start_exporter(config: LineConfig, pipeline: Pipeline) -> None:
+    """The line file's Prometheus endpoint (``metrics:``), started and attached to ``pipeline``: its
+    ``observe`` becomes a sink. An endpoint that cannot start is a ``ConfigError`` naming the key."""
+    from rtvp_edge.prometheus import MetricsStartError, PrometheusExporter
+
+    ids, info = config.line, pipeline.model_info
+    labels = {"site": ids.site, "line": ids.line, "station": ids.station}
+    labels |= {
+        f"model_{k}" if k in ("name", "version") else k: str(info[k])
+        for k in ("name", "version", "precision", "backend")
+        if k in info
+    }
+    try:
+        exporter = PrometheusExporter(pipeline, config.metrics.host, config.metrics.prometheus_port, labels)
+        exporter.start()
+    except MetricsStartError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
+    pipeline.exporter = exporter
+    pipeline.sinks.append(exporter.observe)
 
 
 def _build_plc_station(config: LineConfig, manifest: BundleManifest):

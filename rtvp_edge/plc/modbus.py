@@ -122,6 +122,14 @@ class ModbusServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._server: ModbusTcpServer | None = None
+
+    protocol = "modbus"
+
+    def clients(self) -> int:
+        """Client connections open now (metrics)."""
+        server = self._server
+        return 0 if server is None else len(server.active_connections)
 
     def start(self, timeout: float = 30.0) -> ModbusServer:
         check_port(self.config.host, self.config.port, "plc.modbus")
@@ -168,7 +176,7 @@ class ModbusServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = ModbusTcpServer(self.map, address=(self.config.host, self.config.port))
+        server = self._server = ModbusTcpServer(self.map, address=(self.config.host, self.config.port))
         await server.serve_forever(background=True)
         self._ready.set()
         try:

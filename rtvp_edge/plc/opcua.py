@@ -128,9 +128,16 @@ class OpcUaServer:
         self._values: dict[str, Any] = {k: v for k, (_, v, _) in NODES.items()}
         self._server: Server | None = None
 
+    protocol = "opcua"
+
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://{self.config.host}:{self.port}/rtvp-edge/"
+
+    def clients(self) -> int:
+        """Client connections open now (secure channels; metrics)."""
+        server = self._server
+        return 0 if server is None else len(server.iserver.asyncio_transports)
 
     # -- life cycle (line threads) ---------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> OpcUaServer:
