@@ -548,6 +548,8 @@ def build_pipeline(
                 config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
             )
             plc.start()
+        if config.plc is not None and config.plc.reject_deadline_ms is not None:
+            _check_reject_deadline(config, inference)  # before the PLC servers listen
         plc_station = _build_plc_station(config, manifest) if config.plc is not None else None
         pipeline = Pipeline(
             config,
@@ -606,6 +608,21 @@ def _start_exporter(config: LineConfig, pipeline: Pipeline) -> None:
         raise ConfigError(f"{config.source}: {e}") from None
     pipeline.exporter = exporter
     pipeline.sinks.append(exporter.observe)
+
+
+def _check_reject_deadline(config: LineConfig, inference: PartInference) -> None:
+    """Time one part's inference (warm-up + 3 runs) against ``plc.reject_deadline_ms``: shorter than the
+    best run is a ``ConfigError`` naming the key, shorter than 2x the median a warning (docs/plc.md)."""
+    from rtvp_edge.plc import PlcStartError
+    from rtvp_edge.plc.deadline import check_deadline, time_part_inference
+
+    sizes = [(c.resolution.height, c.resolution.width) for c in config.cameras if c.resolution]
+    size = max(sizes) if len(sizes) == len(config.cameras) else None  # unknown: the model's input size
+    timing = time_part_inference(inference, config.assembly.views_per_part, size)
+    try:
+        check_deadline(config.plc.reject_deadline_ms, timing, f"{config.source}: ")  # type: ignore[union-attr]
+    except PlcStartError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _build_plc_station(config: LineConfig, manifest: BundleManifest):
