@@ -93,3 +93,40 @@ def test_predict_bad_source_is_exit_2(tmp_path, bundle, capsys):
         ["predict", "--bundle", str(bundle), "--source", str(tmp_path / "none"), "--out", str(tmp_path)]
     )
     assert code == 2 and "--source" in capsys.readouterr().err
+
+
+def test_predict_on_a_video_file(tmp_path, bundle, capsys):
+    n, spots = 6, {1, 4}
+    video = tmp_path / "conveyor.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (80, 80))
+    assert writer.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    for k in range(n):
+        img = np.full((80, 80, 3), 210, np.uint8)
+        if k in spots:
+            img[10 + 6 * k : 30 + 6 * k, 40:60] = 5  # a black spot, moved per frame
+        writer.write(img)
+    writer.release()
+    cap = cv2.VideoCapture(str(video))  # the frames as decoded (MJPG is lossy)
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok]
+    cap.release()
+    assert len(frames) == n
+
+    out = tmp_path / "pred"
+    args = ["predict", "--bundle", str(bundle), "--source", str(video), "--out", str(out), "--score", "0.5"]
+    assert cli.main(args) == 0
+    assert f"{n} images" in capsys.readouterr().out
+    meta = json.loads((out / "coco_images.json").read_text())
+    results = json.loads((out / "coco_results.json").read_text())
+    names = [f"conveyor_{k:06d}.jpg" for k in range(n)]
+    assert [i["file_name"] for i in meta["images"]] == names
+    assert all(cv2.imread(str(out / name)).shape == (80, 80, 3) for name in names)
+    from rtvp_edge.config import DetectionConfig
+
+    with Detector(bundle, "openvino", detection=DetectionConfig(score_threshold=0.5)) as det:
+        expected = det.predict(frames)
+    for k, (im, dets) in enumerate(zip(meta["images"], expected, strict=True)):
+        mine = sorted(
+            (r["category_id"] - 1, round(r["score"], 4)) for r in results if r["image_id"] == im["id"]
+        )
+        assert mine == sorted((d.class_id, round(d.score, 4)) for d in dets)
+        assert bool(mine) == (k in spots), (k, mine)  # the spots are found in the right frames only
