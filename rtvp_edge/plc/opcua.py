@@ -48,7 +48,8 @@ NODES: dict[str, tuple[ua.VariantType, Any, bool]] = {
     "InspectionCompleted": (V.Boolean, False, False),
     "ResultsValid": (V.Boolean, False, False),
     "ResultsAck": (V.Boolean, False, True),
-    # result of the latest part
+    # result of the latest part, written between ResultSeqBegin (first) and ResultSeq (last)
+    "ResultSeqBegin": (V.UInt32, 0, False),
     "ResultSeq": (V.UInt32, 0, False),
     "PartId": (V.String, "", False),
     "TriggerSeq": (V.Int64, -1, False),
@@ -271,8 +272,11 @@ class OpcUaServer:
         if self._values["ResultsValid"]:
             self.stats["acks_missed"] += 1  # the PLC did not acknowledge the previous result: newest wins
             await self._write("AcksMissed", self.stats["acks_missed"])
+        # A consistent snapshot for a PLC reading mid-update (each write may let the loop serve a read):
+        # ResultSeqBegin before the first field, ResultSeq after the last. A PLC reads ResultSeq, the
+        # fields, then ResultSeqBegin (one Read request in that order will do): equal -> one result.
         await self._write("ResultsValid", False)
-        await self._write("ResultSeq", r.result_seq)
+        await self._write("ResultSeqBegin", r.result_seq)
         await self._write("PartId", r.part_id)
         await self._write("TriggerSeq", r.trigger_seq)
         await self._write("VerdictCode", r.verdict_code)
@@ -288,6 +292,7 @@ class OpcUaServer:
             "ResultTimestamp", datetime.datetime.fromtimestamp(r.result_time, datetime.timezone.utc)
         )
         await self._write("TriggerToSignalMs", r.trigger_to_signal_ms or 0.0)
+        await self._write("ResultSeq", r.result_seq)  # last of the result: the snapshot is complete
         await self._write("InspectionCompleted", not self._values["InspectionCompleted"])  # toggles
         await self._write("ResultsValid", True)
 
