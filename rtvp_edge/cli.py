@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         "--public-key", type=Path, default=None, help="with --bundle: require a signature by this Ed25519 key"
     )
 
+    pr = sub.add_parser(
+        "predict", help="detect defects in a folder of images or a video: annotated images + COCO results"
+    )
+    pr.add_argument("--bundle", type=Path, default=None, help="bundle directory")
+    pr.add_argument("--line", type=Path, default=None, help="or a line file: its bundle, backend, filters")
+    pr.add_argument("--source", type=Path, required=True, help="folder of images or a video file")
+    pr.add_argument("--out", type=Path, required=True, help="output folder")
+    pr.add_argument("--backend", default="openvino", help="with --bundle: openvino | onnxruntime | tensorrt")
+    pr.add_argument("--device", default="CPU", help="with --bundle: backend device")
+    pr.add_argument("--score", type=float, default=None, help="with --bundle: minimum score for every class")
+
     li = sub.add_parser("listen", help="subscribe to a line's events and print them as a person reads them")
     li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
     li.add_argument("--max", type=int, default=None, help="exit after this many messages")
@@ -240,6 +251,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rtvp_edge.api import Detector, predict_folder
+    from rtvp_edge.config import DetectionConfig
+
+    if (args.bundle is None) == (args.line is None):
+        return _fail("predict: give exactly one of --bundle or --line", EXIT_CONFIG)
+    if not args.source.exists():
+        return _fail(f"--source: no such folder or video: {args.source}", EXIT_CONFIG)
+    if args.score is not None and not 0 <= args.score <= 1:
+        return _fail(f"--score must be within [0, 1], got {args.score}", EXIT_CONFIG)
+    if args.line is not None:
+        detector = Detector.from_line(args.line)
+    else:
+        detector = Detector(
+            args.bundle, args.backend, args.device, detection=DetectionConfig(score_threshold=args.score)
+        )
+    with detector:
+        try:
+            done = predict_folder(detector, args.source, args.out)
+        except ValueError as e:
+            return _fail(f"--source: {e}", EXIT_CONFIG)
+    print(f"{done['images']} images, {done['detections']} detections: {args.out} ({done['results']})")
+    return EXIT_OK
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from rtvp_edge.listen import run_listen
     from rtvp_edge.pipeline import station_ids
@@ -266,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         return cmd_listen(args)
     except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError, BrokerError) as e:
         return _fail(str(e), EXIT_CONFIG)

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
+from rtvp_edge.plc.config import PlcConfig  # the ``plc:`` section (schema only; servers in rtvp_edge/plc)
 
 
 class ConfigError(Exception):
@@ -290,6 +291,14 @@ class RuntimeConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class MetricsConfig(_Strict):
+    """``metrics:``: a Prometheus scrape endpoint (``pip install 'rtvp-edge[metrics]'``; docs/runtime.md).
+    None: no HTTP endpoint (the periodic MQTT metrics event is always published)."""
+
+    prometheus_port: int | None = Field(None, ge=1, le=65535)
+    host: str = Field("127.0.0.1", min_length=1)  # listen address; 0.0.0.0 for a scraper on another machine
+
+
 class LineConfig(_Strict):
     """The whole line file."""
 
@@ -303,6 +312,8 @@ class LineConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    plc: PlcConfig | None = None  # OPC UA / Modbus servers and the reject deadline (docs/plc.md)
+    metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (docs/runtime.md)
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
     _source: str | None = PrivateAttr(None)  # the line file, for errors found after loading

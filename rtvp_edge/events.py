@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rtvp_edge.messages import PartVerdict
 from rtvp_edge.outbox import OutgoingEvent
 
-EVENT_SCHEMA_VERSION = "1.0"
+EVENT_SCHEMA_VERSION = "1.1"  # 1.1: optional verdict.plc (what the PLC was told)
 TOPICS = ("verdict", "defect", "status", "metrics")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -201,6 +201,8 @@ def verdict_events(
             "latency_ms": latency,
         }
     )
+    if verdict.plc is not None:  # what the PLC was told (REJECT by deadline when the verdict came late)
+        head["plc"] = dict(verdict.plc)
     events = [OutgoingEvent(f"{root}/verdict", head, head["event_id"], qos)]
     capture = {v.view_index: v.capture_time for v in verdict.views}
     for index, defect in enumerate(defects):

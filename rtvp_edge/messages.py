@@ -130,6 +130,8 @@ class PartVerdict:
         first_capture_time: earliest capture time of the part's frames (UTC epoch seconds).
         decided_time: when the verdict was decided (UTC epoch seconds).
         latency_ms: per-stage latencies, e.g. {"inference": 41.2, "trigger_to_verdict": 180.3}.
+        plc: what the PLC was told for this part when the line has a ``plc:`` section, e.g. {"signal":
+            "REJECT", "reason": "deadline", "late": True, ...} (``rtvp_edge.plc.station``); None without.
     """
 
     part_id: str
@@ -141,3 +143,4 @@ class PartVerdict:
     first_capture_time: float = 0.0
     decided_time: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    plc: dict | None = None

@@ -89,6 +89,12 @@ class Pipeline:
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
         part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
             capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
+        plc_station: optional started ``rtvp_edge.plc.PlcStation`` (the line file's ``plc:``): sees every
+            accepted frame (arms the part's reject deadline) and every verdict first (signals the PLC),
+            stopped by ``close``.
+    Attributes:
+        exporter: the started ``PrometheusExporter`` when the line file has ``metrics.prometheus_port``
+            (``build_pipeline`` sets it; its ``observe`` is a sink), stopped last by ``close``.
     """
 
     def __init__(
@@ -105,16 +111,21 @@ class Pipeline:
         rig=None,
         plc: PlcPartIds | None = None,
         part_sinks: Sequence[PartSink] = (),
+        plc_station=None,
     ) -> None:
         self.config, self.inference, self.policy = config, inference, policy
+        self.plc_station = plc_station
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
         self.model_info = model_info or {}
         self.sinks: list[Sink] = list(sinks)
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
         self.status_sinks = list(status_sinks)
+        if plc_station is not None:
+            self.status_sinks.append(plc_station.on_status)  # camera / model down -> PLC alarm
         self.part_sinks: list[PartSink] = list(part_sinks)
         self.metrics = RuntimeMetrics()
+        self.exporter = None
         self._wakeup = threading.Event()
         self.workers: dict[str, CameraWorker] = {}
         for cam in config.cameras:
@@ -178,7 +189,10 @@ class Pipeline:
                     while (f := w.buffer.get_nowait()) is not None:
                         if self.pairing is not None:
                             f = self.pairing.assign(f)
+                        ignored = self.assembler.stats.ignored_frames
                         parts += self.assembler.add(f)
+                        if self.plc_station is not None and self.assembler.stats.ignored_frames == ignored:
+                            self.plc_station.on_frame(f)  # a new trigger arms its reject deadline
                 parts += self.assembler.poll()
                 for p in parts:
                     self.part_queue.put(p)  # blocks when inference lags: camera buffers then overflow
@@ -272,6 +286,13 @@ class Pipeline:
                         part.part_id, part.trigger_seq, "INCOMPLETE", (), part.missing_views,
                         (f"verdict failed: {type(e).__name__}: {e}",), decided_time=time.time(),
                     )  # fmt: skip
+                if self.plc_station is not None:  # the PLC first: it has a reject gate to meet
+                    try:
+                        verdict = self.plc_station.on_verdict(verdict)
+                    except Exception as e:
+                        self.metrics.sink_errors["plc"] += 1
+                        log.exception("PLC signal for part %s failed", part.part_id)
+                        self._status("plc", "ERROR", f"{type(e).__name__}: {e}")
                 if self.evidence is not None:
                     try:
                         verdict = self.evidence.write(verdict, part.frames)
@@ -421,6 +442,8 @@ class Pipeline:
             extra["artifact"] = self.artifact_choice.as_dict()
         if self.capacity is not None:
             extra["capacity"] = {**self.capacity.as_dict(), "paced_rate_hz": self.paced_rate_hz}
+        if self.plc_station is not None:
+            extra["plc_signals"] = dict(self.plc_station.stats)
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -500,6 +523,11 @@ class Pipeline:
         """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
         if self.plc is not None:
             self.plc.stop()
+        if self.plc_station is not None:
+            try:
+                self.plc_station.stop()
+            except Exception:
+                log.exception("PLC servers stop failed")
         if self.publisher is not None:
             try:
                 self.publisher.stop(flush_timeout)
@@ -509,6 +537,8 @@ class Pipeline:
             self.inference.backend.close()
         except Exception:
             log.exception("backend close failed")
+        if self.exporter is not None:  # last: the endpoint answers while the line shuts down
+            self.exporter.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -715,6 +745,9 @@ def build_pipeline(
                 config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
             )
             plc.start()
+        if config.plc is not None and config.plc.reject_deadline_ms is not None:
+            _check_reject_deadline(config, inference)  # before the PLC servers listen
+        plc_station = _build_plc_station(config, manifest) if config.plc is not None else None
         pipeline = Pipeline(
             config,
             sources,
@@ -728,6 +761,7 @@ def build_pipeline(
             rig,
             plc,
             part_sinks,
+            plc_station,
         )
         pipeline.artifact_choice, pipeline.capacity, pipeline.paced_rate_hz = choice, capacity, paced
         if publisher is not None and hasattr(publisher, "status_extra"):
@@ -740,6 +774,13 @@ def build_pipeline(
     except BaseException:
         backend.close()
         raise
+    if config.metrics.prometheus_port is not None:
+        try:
+            _start_exporter(config, pipeline)
+        except BaseException:
+            pipeline.close(flush_timeout=0)
+            raise
+    return pipeline
 
 
 def station_ids(config: LineConfig) -> StationIds:
@@ -751,3 +792,55 @@ def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
     """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
     ``MqttConnectError`` for refused credentials)."""
     return EventPublisher(config.mqtt, station_ids(config), info)
+
+
+def _start_exporter(config: LineConfig, pipeline: Pipeline) -> None:
+    """The line file's Prometheus endpoint (``metrics:``), started and attached to ``pipeline``: its
+    ``observe`` becomes a sink. An endpoint that cannot start is a ``ConfigError`` naming the key."""
+    from rtvp_edge.prometheus import MetricsStartError, PrometheusExporter
+
+    ids, info = config.line, pipeline.model_info
+    labels = {"site": ids.site, "line": ids.line, "station": ids.station}
+    labels |= {
+        f"model_{k}" if k in ("name", "version") else k: str(info[k])
+        for k in ("name", "version", "precision", "backend")
+        if k in info
+    }
+    try:
+        exporter = PrometheusExporter(pipeline, config.metrics.host, config.metrics.prometheus_port, labels)
+        exporter.start()
+    except MetricsStartError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
+    pipeline.exporter = exporter
+    pipeline.sinks.append(exporter.observe)
+
+
+def _check_reject_deadline(config: LineConfig, inference: PartInference) -> None:
+    """Time one part's inference (warm-up + 3 runs) against ``plc.reject_deadline_ms``: shorter than the
+    best run is a ``ConfigError`` naming the key, shorter than 2x the median a warning (docs/plc.md)."""
+    from rtvp_edge.plc import PlcStartError
+    from rtvp_edge.plc.deadline import check_deadline, time_part_inference
+
+    sizes = [(c.resolution.height, c.resolution.width) for c in config.cameras if c.resolution]
+    size = max(sizes) if len(sizes) == len(config.cameras) else None  # unknown: the model's input size
+    timing = time_part_inference(inference, config.assembly.views_per_part, size)
+    try:
+        check_deadline(config.plc.reject_deadline_ms, timing, f"{config.source}: ")  # type: ignore[union-attr]
+    except PlcStartError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _build_plc_station(config: LineConfig, manifest: BundleManifest):
+    """The line file's ``plc:`` servers around one ``PlcStation`` (started). A server that cannot start
+    (port in use, password variable unset, bad certificate) is a ``ConfigError`` naming the key."""
+    from rtvp_edge.plc import PlcStartError, build_plc_station
+
+    try:
+        return build_plc_station(
+            config.plc,
+            config.line.station,
+            [c.name for c in manifest.vocabulary.classes],
+            config.assembly.part_id_format,
+        )
+    except PlcStartError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
