@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name  # noqa: E402
 
 from export.accuracy import evaluate, load_eval_set  # noqa: E402
 from export.calibration import build_calibration_set  # noqa: E402
@@ -50,19 +50,6 @@ INT8_POLICIES = {
     "OpenVINO INT8 (SAM float)": DEFAULT_FLOAT_BLOCKS,
     "OpenVINO INT8 (expert only)": r"^(?!expert$)",
 }
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(
-            (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), ""
-        )
-    except (OSError, subprocess.CalledProcessError):
-        name = platform.processor()
-    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
-    units = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{name} ({os.cpu_count()} cores visible; {', '.join(units) or 'no bf16/int8 units'})"
 
 
 def random_source(variant: str) -> ExportSource:

@@ -20,29 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name  # noqa: E402
 
 POLICIES = {
     "full@320": {"model.img_size": 320, "data.crop": []},
     "crop@448x384": {"model.img_size": [448, 384], "data.crop": [100, 208, 600, 784]},
     "crop@576x512": {"model.img_size": [576, 512], "data.crop": [100, 208, 600, 784]},
 }
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def step_throughput(

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name  # noqa: E402
 
 CAMERAS = ["L1", "L2", "L3", "R1", "R2", "R3"]
 
@@ -43,16 +44,6 @@ evidence: {{dir: {folder / "evidence"}}}
 """
     )
     return p
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def run_line(bundle: Path, parts: int, seed: int, scale: float, backend: str) -> dict:

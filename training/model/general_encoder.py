@@ -155,7 +155,31 @@ def lite_wheel_weights(variant: str) -> tuple[Path, dict[str, str]]:
     }
 
 
-class EfficientNetLiteEncoder(nn.Module):
+class FrozenEncoder(nn.Module):
+    """What every general encoder shares: frozen (always in eval mode, BatchNorm keeps its pretrained
+    statistics), a feature contract ``self._spec`` and a provenance record ``self._provenance``."""
+
+    _spec: dict[str, FeatureSpec]
+    _provenance: dict[str, str]
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        super().train(False)  # frozen, whatever the parent model does
+        return self
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    def output_shape(self) -> dict[str, FeatureSpec]:
+        """Feature contract: name -> (channels, stride in model-input pixels)."""
+        return dict(self._spec)
+
+    def provenance(self) -> dict[str, str]:
+        return dict(self._provenance)
+
+
+class EfficientNetLiteEncoder(FrozenEncoder):
     """Frozen EfficientNet-Lite (timm's implementation) returning stride 8/16/32 feature maps.
 
     Args:
@@ -207,9 +231,7 @@ class EfficientNetLiteEncoder(nn.Module):
             self._provenance.update(
                 source=str(path), file=path.name, sha256=_sha256(path), licence="as supplied"
             )
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.train(False)
+        self.freeze()
 
     def _load(self, path: Path) -> None:
         if not path.is_file():
@@ -220,25 +242,13 @@ class EfficientNetLiteEncoder(nn.Module):
         except (ValueError, RuntimeError) as e:
             raise type(e)(f"{path}: {e}") from e
 
-    def train(self, mode: bool = True) -> EfficientNetLiteEncoder:
-        # Frozen: BatchNorm keeps its ImageNet statistics whatever the parent model does.
-        super().train(False)
-        return self
-
-    def output_shape(self) -> dict[str, FeatureSpec]:
-        """Feature contract: name -> (channels, stride in model-input pixels)."""
-        return dict(self._spec)
-
-    def provenance(self) -> dict[str, str]:
-        return dict(self._provenance)
-
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = _rescale(images, self.scale) * (255.0 / 128.0) - (127.0 / 128.0)  # the (x-127)/128 of the weights
         return dict(zip(self._spec, self.net(x), strict=True))
 
 
-class TimmEncoder(nn.Module):
+class TimmEncoder(FrozenEncoder):
     """Frozen timm model (``features_only``) at strides 8/16/32, for users who have timm's model hub.
 
     Args:
@@ -291,19 +301,7 @@ class TimmEncoder(nn.Module):
             except RuntimeError as e:
                 raise RuntimeError(f"{path}: {e}") from e
             self._provenance.update(source=str(path), sha256=_sha256(path))
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.train(False)
-
-    def train(self, mode: bool = True) -> TimmEncoder:
-        super().train(False)
-        return self
-
-    def output_shape(self) -> dict[str, FeatureSpec]:
-        return dict(self._spec)
-
-    def provenance(self) -> dict[str, str]:
-        return dict(self._provenance)
+        self.freeze()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
