@@ -770,7 +770,6 @@ def build_pipeline(
                 "artifact": choice.as_dict(),
                 "capacity": {**capacity.as_dict(), "paced_rate_hz": paced, "state": state},
             }
-        return pipeline
     except BaseException:
         backend.close()
         raise
