@@ -77,10 +77,11 @@ def server():
 def test_result_seq_begin_first_and_result_seq_last(server):
     server.order.clear()
     server.present(result(1))
-    done = threading.Event()
-    server._loop.call_soon_threadsafe(lambda: server._queue.put_nowait(("alarm", (0, ""))))
-    server._loop.call_soon_threadsafe(done.set)
-    assert done.wait(30)
+    server.set_alarm(0, "")  # queued behind the result: its writes show the result's writes are done
+    deadline = time.monotonic() + 30
+    while "Alarm" not in server.order and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server's own thread writes; wait for the state, not for a time
+    assert "Alarm" in server.order, server.order
     order = [n for n in server.order if n not in ("Heartbeat", "ErrorCode", "AlarmText", "Alarm")]
     begin, end = order.index("ResultSeqBegin"), order.index("ResultSeq")
     fields = [n for n in NODES if n not in ("ResultSeqBegin", "ResultSeq") and n in order]
