@@ -68,6 +68,12 @@ def _export_parser() -> argparse.ArgumentParser:
         help="with --int8 --target openvino: also ship the FP32 IR; the runtime times both on its CPU and "
         "runs the faster one within the accuracy budget (--max-ap-drop)",
     )
+    p.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="--target openvino: ship only the OpenVINO IR(s), not model.onnx (a smaller bundle; ONNX Runtime "
+        "and TensorRT cannot run it). The ONNX is still exported, checked and used for the FP32 reference",
+    )
     p.add_argument("--force", action="store_true", help="write the bundle even if the accuracy guard fails")
     p.add_argument(
         "--accuracy-control",
@@ -130,6 +136,7 @@ def run_export(args: argparse.Namespace) -> int:
         calib_size=args.calib_size,
         max_ap_drop=args.max_ap_drop,
         keep_fp32=args.keep_fp32,
+        ship_onnx=not args.no_onnx,
         force=args.force,
         accuracy_control=args.accuracy_control,
         vocab_mode=args.vocab_mode,

@@ -78,6 +78,9 @@ class ExportOptions:
         keep_fp32: with ``int8`` and target ``openvino``: also ship the FP32 IR (``openvino/model_fp32.xml``,
             compiled at f32), with its own golden outputs; each artifact records its accuracy, and the
             runtime times both on its CPU and runs the faster one within the budget.
+        ship_onnx: ship ``model.onnx`` in the bundle (ONNX Runtime, TensorRT rebuilds). False (target
+            ``openvino`` only): the bundle carries only its IRs; the ONNX is still exported, parity-checked and
+            used as the FP32 reference of the accuracy guard, then left out.
         force: write the bundle even when the accuracy guard fails (recorded in the manifest).
         accuracy_control: NNCF ``quantize_with_accuracy_control`` (OpenVINO) instead of plain PTQ.
         vocab_mode: ``folded`` (embeddings constant in the graph) or ``input`` (second graph input).
@@ -107,6 +110,7 @@ class ExportOptions:
     calib_size: int = 300
     max_ap_drop: float = 1.0
     keep_fp32: bool = False
+    ship_onnx: bool = True
     force: bool = False
     accuracy_control: bool = False
     vocab_mode: str = "folded"
@@ -171,6 +175,10 @@ def check_options(options: ExportOptions) -> None:
     if options.keep_fp32 and not (options.int8 and options.target == "openvino"):
         raise ExportError(
             "--keep-fp32 needs --int8 --target openvino (it keeps the FP32 IR beside the INT8 one)"
+        )
+    if not options.ship_onnx and options.target != "openvino":
+        raise ExportError(
+            f"--no-onnx needs --target openvino (the {options.target} target runs or builds from model.onnx)"
         )
     if options.accuracy_control and not (options.int8 and options.target == "openvino"):
         raise ExportError("--accuracy-control needs --int8 --target openvino (NNCF accuracy-controlled PTQ)")
@@ -417,6 +425,7 @@ def export_bundle(
                         "OpenVINO IR (f32)",
                         score_atol=5e-3 if options.half else 1e-3,
                         box_atol=0.5 if options.half else 0.05,
+                        boxes_of_scored=options.half,
                     )
                     artifacts.append(
                         Artifact(
@@ -546,6 +555,11 @@ def export_bundle(
                 source_checkpoint={**source.describe(), "parity": checks, "timings_s": timings},
                 golden=golden,
             )
+            if not options.ship_onnx:  # --no-onnx: exported and used above, not shipped
+                manifest = manifest.model_copy(
+                    update={"artifacts": [a for a in manifest.artifacts if a.backend != "onnxruntime"]}
+                )
+                onnx_path.unlink()
             write_manifest(tmp, manifest)
             # Verify the finished bundle the way the runtime will: hashes, then the golden self-test of every
             # artifact loaded afresh from the bundle's own files.

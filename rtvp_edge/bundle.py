@@ -4,7 +4,8 @@ A bundle is a directory::
 
     manifest.json          the schema below (BundleManifest)
     CHECKSUMS.sha256       ``sha256sum -c`` compatible list of every file, manifest.json included
-    model.onnx             the exported graph (always shipped: ONNX Runtime, and TensorRT builds from it)
+    model.onnx             the exported graph (ONNX Runtime; TensorRT builds from it); left out by
+                           ``rtvp-export --no-onnx`` (an OpenVINO-only bundle)
     openvino/model.xml|bin optional compiled artifacts, one entry per backend in ``manifest.artifacts``
     text_embeddings.npy    (C, D) float32 L2-normalised class embeddings (cached text encoder output)
     golden/*.png + expected outputs in the manifest, for the start-up self-test

@@ -498,3 +498,24 @@ def test_calibration_images_get_the_crop_once(tmp_path):
     for k in range(2):
         assert np.array_equal(cs.sample(k), preprocess([raw[order[k]]], spec)[0])
     assert np.array_equal(next(cs.batches(2)), np.concatenate([cs.sample(0), cs.sample(1)]))
+
+
+def test_no_onnx_bundle_ships_only_its_ir_and_the_runtime_runs_it(glass_data, tmp_path):
+    backends = pytest.importorskip("rtvp_edge.backends", reason="the runtime part is not installed")
+    selftest = pytest.importorskip("rtvp_edge.selftest", reason="the runtime part is not installed")
+    out = tmp_path / "ir-only"
+    m = export_bundle(_source(), out, _options(glass_data, target="openvino", half=True, ship_onnx=False))
+    assert not (out / "model.onnx").exists() and "model.onnx" not in m.files
+    assert [a.backend for a in m.artifacts] == ["openvino"]
+    assert "onnxruntime" in m.source_checkpoint["parity"]  # the ONNX was still exported and checked
+    verify_bundle(out)
+    backend = backends.load_backend("openvino", out, load_manifest(out))
+    try:
+        assert selftest.run_golden_selftest(out, m, backend) == len(m.golden) > 0
+    finally:
+        backend.close()
+    with pytest.raises(BundleError, match="no onnxruntime artifact"):
+        backends.load_backend("onnxruntime", out, load_manifest(out))
+    with pytest.raises(ExportError, match="--no-onnx needs --target openvino"):
+        export_bundle(_source(), tmp_path / "x", _options(glass_data, target="onnx", ship_onnx=False))
+    assert not (tmp_path / "x").exists()
