@@ -42,6 +42,7 @@ from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePa
 from rtvp_edge.backends import Backend, load_backend, load_embeddings
 from rtvp_edge.bundle import Artifact, BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
+from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
@@ -51,7 +52,7 @@ from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.outbox import OutboxFullError
 from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
-from rtvp_edge.verdict import VerdictPolicy
+from rtvp_edge.verdict import VerdictRules
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Pipeline:
         config: the line configuration (camera placement, assembly, runtime sizes).
         sources: {camera id: CameraSource}, not yet opened.
         inference: batched inference bound to the loaded backend.
-        policy: detection filters and verdict rules.
+        verdict_rules: the line's verdict rules (the decision stage judges every part with them).
         sinks: callables taking each ``PartVerdict`` (MQTT publisher, live line, user hooks); a sink that
             raises is counted and reported, the others still get the verdict.
         evidence: optional evidence writer for NG parts (runs before the sinks so events carry the paths).
@@ -102,7 +103,7 @@ class Pipeline:
         config: LineConfig,
         sources: dict[str, CameraSource],
         inference: PartInference,
-        policy: VerdictPolicy,
+        verdict_rules: VerdictRules,
         sinks: Sequence[Sink] = (),
         evidence: EvidenceWriter | None = None,
         publisher=None,
@@ -113,7 +114,7 @@ class Pipeline:
         part_sinks: Sequence[PartSink] = (),
         plc_station=None,
     ) -> None:
-        self.config, self.inference, self.policy = config, inference, policy
+        self.config, self.inference, self.verdict_rules = config, inference, verdict_rules
         self.plc_station = plc_station
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
         self.model_info = model_info or {}
@@ -269,7 +270,7 @@ class Pipeline:
         latency = {k: round(v, 2) for k, v in timing.items()}
         latency["trigger_to_verdict"] = round((time.monotonic() - part.first_monotonic) * 1e3, 2)
         first_capture = min((f.capture_time for f in part.frames), default=time.time())
-        return self.policy.decide(
+        return self.verdict_rules.decide(
             part.part_id, part.trigger_seq, views, part.missing_views, first_capture, latency, extra
         )
 
@@ -659,15 +660,31 @@ def model_info(
     }
 
 
-def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
+def build_detection_filter(config: LineConfig, manifest: BundleManifest) -> DetectionFilter:
+    """The line's ``detection:`` filters over the bundle's vocabulary and default thresholds.
+
+    Raises:
+        ConfigError: a class threshold names a class the bundle lacks (the message names the file).
+    """
     try:
-        return VerdictPolicy(
+        return DetectionFilter(
             config.detection,
-            config.verdict,
             [c.name for c in manifest.vocabulary.classes],
             manifest.thresholds.score,
             manifest.thresholds.class_scores,
         )
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
+
+
+def build_verdict_rules(config: LineConfig, manifest: BundleManifest) -> VerdictRules:
+    """The line's ``verdict:`` rules over the bundle's vocabulary.
+
+    Raises:
+        ConfigError: a rule names a class the bundle lacks (the message names the file).
+    """
+    try:
+        return VerdictRules(config.verdict, [c.name for c in manifest.vocabulary.classes])
     except ValueError as e:
         raise ConfigError(f"{config.source}: {e}") from None
 
@@ -683,8 +700,8 @@ def build_pipeline(
     time_part: PartTimer | None = None,
 ) -> Pipeline:
     """Build every collaborator of a line once: bundle (hash check), the artifact for this machine and its
-    backend, golden self-test, capacity, policy, sources (a simulated line paced to what the box sustains),
-    evidence writer and (when ``use_mqtt``) the MQTT event publisher.
+    backend, golden self-test, capacity, detection filter and verdict rules, sources (a simulated line paced
+    to what the box sustains), evidence writer and (when ``use_mqtt``) the MQTT event publisher.
 
     Args:
         time_part: seconds per part of a loaded backend (tests inject a slow or fast box); see ``load_model``.
@@ -723,10 +740,11 @@ def build_pipeline(
             )
         else:
             log.info("capacity: %s", capacity.describe())
-        policy = build_policy(config, manifest)
+        detection_filter = build_detection_filter(config, manifest)
+        verdict_rules = build_verdict_rules(config, manifest)
         crops = {c.id: c.crop for c in config.cameras if c.crop is not None}
         inference = PartInference(
-            backend, manifest, m.bundle, policy, config.detection.iou_threshold, crops=crops
+            backend, manifest, m.bundle, detection_filter, config.detection.iou_threshold, crops=crops
         )
         try:
             sources, rig = build_sources(sources_config)
@@ -752,7 +770,7 @@ def build_pipeline(
             config,
             sources,
             inference,
-            policy,
+            verdict_rules,
             sinks,
             evidence,
             publisher,
