@@ -46,7 +46,7 @@ from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
-from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
+from rtvp_edge.messages import CameraSource, Frame, InferredPart, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.outbox import OutboxFullError
@@ -149,6 +149,7 @@ class Pipeline:
         )
         qs = config.runtime.queue_size
         self.part_queue: queue.Queue = queue.Queue(qs)
+        # InferredPart per part, then _SENTINEL
         self.result_queue: queue.Queue = queue.Queue(qs + config.model.infer_requests)
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -254,20 +255,21 @@ class Pipeline:
     def _on_inferred(
         self, part: AssembledPart, views: list[ViewResult] | None, err: BaseException | None, timing: dict
     ) -> None:
-        self.result_queue.put((part, views, err, timing))
+        self.result_queue.put(InferredPart(part, None if views is None else tuple(views), err, timing))
 
-    def _decide(self, part: AssembledPart, views, err, timing) -> PartVerdict:
+    def _decide(self, inferred: InferredPart) -> PartVerdict:
+        part, views, err = inferred.part, inferred.views, inferred.error
         extra = []
         if err is not None:
             self.metrics.stage_errors["inference"] += 1
             extra.append(f"inference failed: {type(err).__name__}: {err}")
             self._status("inference", "ERROR", f"part {part.part_id}: {err}")
-            views = [
+            views = tuple(
                 ViewResult(f.camera_id, f.view_index, f.trigger_seq, f.capture_time, ()) for f in part.frames
-            ]
+            )
         if part.missing_views and part.reason and part.reason != "timeout":
             extra.append(f"part emitted incomplete: {part.reason}")
-        latency = {k: round(v, 2) for k, v in timing.items()}
+        latency = {k: round(v, 2) for k, v in inferred.timing_ms.items()}
         latency["trigger_to_verdict"] = round((time.monotonic() - part.first_monotonic) * 1e3, 2)
         first_capture = min((f.capture_time for f in part.frames), default=time.time())
         return self.verdict_rules.decide(
@@ -277,9 +279,9 @@ class Pipeline:
     def _decision_stage(self) -> None:
         try:
             while (item := self.result_queue.get()) is not _SENTINEL:
-                part = item[0]
+                part = item.part
                 try:
-                    verdict = self._decide(*item)
+                    verdict = self._decide(item)
                 except Exception as e:  # never silently OK: a part we cannot judge is INCOMPLETE
                     log.exception("verdict failed for part %s", part.part_id)
                     self.metrics.stage_errors["verdict"] += 1
