@@ -575,12 +575,17 @@ def load_and_check_bundle(
 
 @dataclass
 class LoadedModel:
-    """A verified bundle with the artifact chosen for this machine loaded and self-tested."""
+    """A verified bundle with the artifact chosen for this machine loaded and self-tested.
+
+    Attributes:
+        info: the running model's identity for events, logs and metrics (``model_info``).
+    """
 
     manifest: BundleManifest
     backend: Backend
     choice: ArtifactChoice
     capacity: Capacity
+    info: dict
 
 
 def line_rate(config: LineConfig) -> tuple[float | None, str | None]:
@@ -641,15 +646,17 @@ def load_model(
     except BaseException:
         backend.close()
         raise
-    return LoadedModel(manifest, backend, choice, capacity)
+    info = model_info(manifest, m.backend, bundle_hash, choice.artifact)
+    return LoadedModel(manifest, backend, choice, capacity, info)
 
 
 def model_info(
-    manifest: BundleManifest, backend: str, bundle_dir: str | Path, artifact: Artifact | None = None
+    manifest: BundleManifest, backend: str, bundle_sha256: str, artifact: Artifact | None = None
 ) -> dict:
     """Identity of the running model for events: name, version, precision (of ``artifact``, the one
-    running; default the backend's first), backend and the bundle's hash (sha256 of its manifest.json,
-    which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+    running; default the backend's first), backend and the bundle's hash ``bundle_sha256`` (sha256 of its
+    manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``; ``load_model``
+    hashes it once per start)."""
     have = {a.backend for a in manifest.artifacts}
     # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
     art = artifact or manifest.artifact(backend if backend in have else "onnxruntime")
@@ -658,7 +665,7 @@ def model_info(
         "version": manifest.model.version,
         "precision": art.precision,
         "backend": backend,
-        "bundle_sha256": sha256_file(Path(bundle_dir) / "manifest.json"),
+        "bundle_sha256": bundle_sha256,
     }
 
 
@@ -714,7 +721,7 @@ def build_pipeline(
     m = config.model
     loaded = load_model(config, time_part=time_part)
     manifest, backend, choice, capacity = loaded.manifest, loaded.backend, loaded.choice, loaded.capacity
-    info = model_info(manifest, m.backend, m.bundle, choice.artifact)
+    info = loaded.info
     log.info(
         "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
         config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
