@@ -174,10 +174,9 @@ class AssemblyConfig(StrictModel):
         return self
 
 
-class ModelConfig(StrictModel):
-    """The bundle and the backend that runs it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class BundleConfig(StrictModel):
+    """The line file's ``model:`` section: which bundle runs, on which backend and device (the model's
+    architecture is ``training.model.ModelConfig``, fixed in the bundle)."""
 
     bundle: str
     backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
@@ -302,7 +301,7 @@ class LineConfig(StrictModel):
     cameras: list[CameraConfig] = Field(min_length=1)
     sim: SimConfig = SimConfig()
     assembly: AssemblyConfig = AssemblyConfig()
-    model: ModelConfig
+    model: BundleConfig
     detection: DetectionConfig = DetectionConfig()
     verdict: VerdictConfig = VerdictConfig()
     mqtt: MqttConfig = MqttConfig()

@@ -62,7 +62,7 @@ class StationIds:
         return {"site": self.site, "line": self.line, "station": self.station}
 
 
-class ModelInfo(BaseModel):
+class RunningModel(BaseModel):
     """The model that produced the verdicts, as carried in every verdict/defect/status payload.
 
     Args:
@@ -140,7 +140,7 @@ def _box(box: tuple[float, float, float, float]) -> list[float]:
 
 
 def verdict_events(
-    verdict: PartVerdict, station: StationIds, model: ModelInfo, root: str, qos: int = 1
+    verdict: PartVerdict, station: StationIds, model: RunningModel, root: str, qos: int = 1
 ) -> list[OutgoingEvent]:
     """The events for one part: its verdict, then one defect event per detection (view order).
 
@@ -228,7 +228,7 @@ def verdict_events(
 def status_payload(
     state: str,
     station: StationIds,
-    model: ModelInfo | None,
+    model: RunningModel | None,
     client_id: str,
     reason: str,
     ts: float | None = None,

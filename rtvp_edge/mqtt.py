@@ -36,7 +36,7 @@ import paho.mqtt.client as paho
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rtvp_edge.events import (
-    ModelInfo,
+    RunningModel,
     StationIds,
     metrics_payload,
     status_payload,
@@ -296,13 +296,15 @@ class EventPublisher:
         self,
         config: MqttConfig,
         station: StationIds,
-        model_info: dict[str, Any] | ModelInfo,
+        model_info: dict[str, Any] | RunningModel,
         client: paho.Client | None = None,
         outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         self.station = station
-        self.model = model_info if isinstance(model_info, ModelInfo) else ModelInfo.model_validate(model_info)
+        self.model = (
+            model_info if isinstance(model_info, RunningModel) else RunningModel.model_validate(model_info)
+        )
         self.root = topic_root(config.topic_root, station)
         self.client_id = config.client_id or f"rtvp-{station.site}-{station.line}-{station.station}"
         self.outbox = outbox or Outbox(
