@@ -31,6 +31,7 @@ from pydantic import (
 
 from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
 from rtvp_edge.plc.config import PlcConfig  # the ``plc:`` section (schema only; servers in rtvp_edge/plc)
+from rtvp_edge.station import ID_PATTERN, StationIds
 from rtvp_edge.strict import StrictModel
 
 
@@ -43,15 +44,9 @@ def _base_dir(info: ValidationInfo) -> Path:
     return Path(ctx.get("base_dir", "."))
 
 
-_ID = r"^[A-Za-z0-9_.-]+$"  # ids become MQTT topic levels and file names: no '/', '+', '#', spaces
+class LineIds(StationIds):
+    """The ``line:`` section: who is speaking (default topic root ``rtvp/<site>/<line>/<station>``)."""
 
-
-class LineIds(StrictModel):
-    """Who is speaking: default topic root is ``rtvp/<site>/<line>/<station>``."""
-
-    site: str = Field(pattern=_ID)
-    line: str = Field(pattern=_ID)
-    station: str = Field(pattern=_ID)
     # parts per second the real line delivers (None: not said); checked against what the box sustains at
     # start (a simulated line uses sim.line_rate_hz)
     expected_rate_hz: float | None = Field(None, gt=0)
@@ -89,7 +84,7 @@ def classify_source(source: str | int) -> SourceKind:
 class CameraConfig(StrictModel):
     """One camera and its place in the rig."""
 
-    id: str = Field(pattern=_ID)
+    id: str = Field(pattern=ID_PATTERN)
     source: str | int
     resolution: Resolution | None = None  # expected frame size; other sizes are counted and skipped
     bank: Literal["left", "right", "single"] = "single"

@@ -20,9 +20,7 @@ The JSON Schema is ``rtvp_edge/schemas/events.schema.json``; ``validate_payload`
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -32,34 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rtvp_edge.messages import PartVerdict
 from rtvp_edge.outbox import OutgoingEvent
+from rtvp_edge.station import StationIds  # where the events come from
 
 EVENT_SCHEMA_VERSION = "1.1"  # 1.1: optional verdict.plc (what the PLC was told)
 TOPICS = ("verdict", "defect", "status", "metrics")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-@dataclass(frozen=True)
-class StationIds:
-    """Where the events come from: site, line and station ids (from the line configuration).
-
-    Ids are used in MQTT topics, so they may only hold letters, digits, ``_``, ``-`` and ``.``.
-    """
-
-    site: str
-    line: str
-    station: str
-
-    def __post_init__(self) -> None:
-        for name in ("site", "line", "station"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _ID_RE.match(value):
-                raise ValueError(
-                    f"station id {name}={value!r} is not usable in an MQTT topic "
-                    "(letters, digits, '_', '-', '.' only)"
-                )
-
-    def as_dict(self) -> dict[str, str]:
-        return {"site": self.site, "line": self.line, "station": self.station}
 
 
 class RunningModel(BaseModel):

@@ -811,7 +811,7 @@ def build_pipeline(
 
 def station_ids(config: LineConfig) -> StationIds:
     ids = config.line
-    return StationIds(ids.site, ids.line, ids.station)
+    return StationIds(ids.site, ids.line, ids.station)  # without the line's expected rate
 
 
 def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
