@@ -24,7 +24,9 @@ from machine import cpu_name  # noqa: E402
 CAMERAS = ["L1", "L2", "L3", "R1", "R2", "R3"]
 
 
-def line_file(folder: Path, bundle: Path, parts: int, seed: int, scale: float, backend: str) -> Path:
+def line_file(
+    folder: Path, bundle: Path, parts: int, seed: int, scale: float, backend: str, score: float | None = None
+) -> Path:
     cams = "\n".join(
         f"  - {{id: {c}, source: sim, bank: {'left' if v < 3 else 'right'}, view: {v}, "
         f"resolution: {{width: 700, height: 820}}, overflow: block}}"
@@ -42,18 +44,21 @@ model: {{bundle: {bundle.resolve()}, backend: {backend}, threads: 2}}
 mqtt: {{broker: external, host: 127.0.0.1, port: 1, outbox: {{path: {folder / "outbox.sqlite"}}}}}
 evidence: {{dir: {folder / "evidence"}}}
 """
+        + ("" if score is None else f"detection: {{score_threshold: {score}}}\n")
     )
     return p
 
 
-def run_line(bundle: Path, parts: int, seed: int, scale: float, backend: str) -> dict:
+def run_line(
+    bundle: Path, parts: int, seed: int, scale: float, backend: str, score: float | None = None
+) -> dict:
     from rtvp_edge.config import load_line_config
     from rtvp_edge.pipeline import build_pipeline
     from rtvp_edge.rig.scoring import LineScore, score_part
 
     verdicts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_line_config(line_file(Path(tmp), bundle, parts, seed, scale, backend))
+        cfg = load_line_config(line_file(Path(tmp), bundle, parts, seed, scale, backend, score))
         p = build_pipeline(cfg, use_mqtt=False, sinks=[lambda v: verdicts.__setitem__(v.part_id, v)])
         t0 = time.perf_counter()
         try:
@@ -88,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", type=float, default=1.0, help="sim.defect_size_scale (1.0: the rig's natural size)"
     )
     ap.add_argument("--backend", default="openvino")
+    ap.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="one score threshold for every class (the line file's detection.score_threshold); default: the "
+        "bundle's (per-class when it records them)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = []
     for seed in args.seed:
-        r = run_line(args.bundle, args.parts, seed, args.scale, args.backend)
+        r = run_line(args.bundle, args.parts, seed, args.scale, args.backend, args.score_threshold)
         rows.append(r)
         print(json.dumps(r), flush=True)
     report = {
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_name(),
         "date": time.strftime("%Y-%m-%d"),
         "bundle": str(args.bundle),
+        "score_threshold": args.score_threshold or "bundle",
         "rows": rows,
     }
     print("\n| seed | parts | located | right class | on a true defect | verdicts right | INCOMPLETE |")
