@@ -56,7 +56,7 @@ def mosquitto_factory(tmp_path_factory):
             workdir=workdir, binary=binary, tls=certs, users=users, require_client_cert=require_client_cert
         )
         brokers.append(broker)
-        return broker.start()
+        return broker.start_on_a_free_port()
 
     yield make
     for broker in brokers:

@@ -83,6 +83,10 @@ def make_test_ca(directory: Path, server_names: str = "DNS:localhost,IP:127.0.0.
     return out
 
 
+class PortInUse(RuntimeError):
+    """mosquitto could not listen: its port was taken meanwhile."""
+
+
 @dataclass
 class MosquittoBroker:
     """One mosquitto process on ``127.0.0.1:port`` with its config, data and log in ``workdir``.
@@ -164,16 +168,30 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise RuntimeError(
-                    f"mosquitto exited with {self._process.returncode}: {err}\n{self.log_tail()}"
-                )
+                kind = PortInUse if "Address already in use" in err else RuntimeError
+                raise kind(f"mosquitto exited with {self._process.returncode}: {err}\n{self.log_tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
+                    if self._process.poll() is None:  # ours answers, not another process on the port
+                        return self
             except OSError:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"mosquitto did not open port {self.port} within {timeout} s\n{self.log_tail()}")
+
+    def start_on_a_free_port(self, attempts: int = 5, timeout: float = 10.0) -> MosquittoBroker:
+        """First start. A port found free may be taken by another process before mosquitto binds it (other
+        test runs on the machine): then pick another free port and start again. Restarts use ``start``
+        (same port: clients reconnect to it)."""
+        for attempt in range(attempts):
+            try:
+                return self.start(timeout)
+            except PortInUse:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.config_path.write_text(self._config_text())
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM: mosquitto saves its persistence database)."""

@@ -22,7 +22,7 @@ def secure_broker(tmp_path_factory):
         pytest.skip("mosquitto broker binary not found (apt-get install mosquitto)")
     workdir = tmp_path_factory.mktemp("secure-mosquitto")
     broker = MosquittoBroker(workdir=workdir, binary=binary, tls=make_test_ca(workdir / "certs"), users=USERS)
-    yield broker.start()
+    yield broker.start_on_a_free_port()
     broker.stop()
 
 
