@@ -136,6 +136,13 @@ class OpenVINOBackend(Backend):
                 np.array(res[self.compiled.output(io.scores_output)]),
             )
 
+    def _run_outputs(
+        self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
+    ) -> list[np.ndarray]:
+        with self._lock:
+            res = self._request.infer(self._feeds(batch, embeddings))
+            return [np.array(res[self.compiled.output(n)]) for n in names]
+
     def submit(self, batch: np.ndarray, embeddings: np.ndarray | None, callback: InferCallback) -> None:
         n = batch.shape[0]
         if self.fixed_batch > 0 and n > self.fixed_batch:
