@@ -82,7 +82,7 @@ class Backend(abc.ABC):
                 outs_b.append(b[:n])
                 outs_s.append(s[:n])
             boxes, scores = np.concatenate(outs_b), np.concatenate(outs_s)
-        self._check_outputs(batch.shape[0], boxes, scores)
+        self._check_outputs(batch.shape[0], boxes, scores, embeddings)
         return boxes, scores
 
     def infer_regions(
@@ -115,7 +115,7 @@ class Backend(abc.ABC):
                 chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
             parts.append([o[:n] for o in self._run_outputs(np.ascontiguousarray(chunk), embeddings, names)])
         boxes, scores, regions = (np.concatenate([p[k] for p in parts]) for k in range(3))
-        self._check_outputs(batch.shape[0], boxes, scores)
+        self._check_outputs(batch.shape[0], boxes, scores, embeddings)
         if regions.shape[:2] != boxes.shape[:2]:
             raise BundleError(f"{self.name}: region output has shape {regions.shape}, boxes {boxes.shape}")
         return boxes, scores, regions
@@ -148,8 +148,13 @@ class Backend(abc.ABC):
         """Backend name, device and input layout, for logs and the metrics event."""
         return {"backend": self.name, "fixed_batch": self.fixed_batch}
 
-    def _check_outputs(self, n: int, boxes: np.ndarray, scores: np.ndarray) -> None:
-        c = len(self.manifest.vocabulary.classes) if self.manifest else scores.shape[-1]
+    def _check_outputs(
+        self, n: int, boxes: np.ndarray, scores: np.ndarray, embeddings: np.ndarray | None = None
+    ) -> None:
+        if embeddings is not None:  # input mode: one score per class embedding given
+            c = embeddings.shape[0]
+        else:
+            c = len(self.manifest.vocabulary.classes) if self.manifest else scores.shape[-1]
         if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
             raise BundleError(f"{self.name}: boxes output has shape {boxes.shape}, expected ({n}, N, 4)")
         if scores.shape[:2] != boxes.shape[:2] or scores.shape[2] != c:

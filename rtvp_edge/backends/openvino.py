@@ -152,15 +152,17 @@ class OpenVINOBackend(Backend):
             pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
         # start_async blocks while every request is busy: the bound on parts in flight.
-        self._queue.start_async(self._feeds(np.ascontiguousarray(batch), embeddings), (callback, n))
+        self._queue.start_async(
+            self._feeds(np.ascontiguousarray(batch), embeddings), (callback, n, embeddings)
+        )
 
     def _done(self, request, userdata) -> None:
-        callback, n = userdata
+        callback, n, embeddings = userdata
         io = self.manifest.io
         try:
             boxes = np.array(request.get_tensor(self.compiled.output(io.boxes_output)).data[:n])
             scores = np.array(request.get_tensor(self.compiled.output(io.scores_output)).data[:n])
-            self._check_outputs(n, boxes, scores)
+            self._check_outputs(n, boxes, scores, embeddings)
         except Exception as e:  # noqa: BLE001 - reported through the callback
             callback(None, None, e)
             return
