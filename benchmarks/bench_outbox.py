@@ -29,7 +29,7 @@ import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtvp_edge.events import ModelInfo, StationIds, verdict_events  # noqa: E402
+from rtvp_edge.events import RunningModel, StationIds, verdict_events  # noqa: E402
 from rtvp_edge.mqtt import EventPublisher, MqttConfig  # noqa: E402
 from rtvp_edge.outbox import Outbox  # noqa: E402
 from tests.mqtt_broker import MODEL_INFO, MosquittoBroker, find_mosquitto, make_verdict  # noqa: E402
@@ -122,7 +122,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 
 def append_only(n: int, workdir: Path, synchronous: str) -> float:
-    model = ModelInfo.model_validate(MODEL_INFO)
+    model = RunningModel.model_validate(MODEL_INFO)
     batches = [verdict_events(make_verdict(i, n_defects=0), STATION, model, "r") for i in range(n)]
     with Outbox(workdir / f"append-{synchronous}.sqlite", synchronous=synchronous) as box:
         start = time.perf_counter()
@@ -141,7 +141,7 @@ def main() -> int:
         print("mosquitto not found (apt-get install mosquitto)", file=sys.stderr)
         return 2
     n = args.events
-    model = ModelInfo.model_validate(MODEL_INFO)
+    model = RunningModel.model_validate(MODEL_INFO)
     payloads = []
     for i in range(n):
         (event,) = verdict_events(make_verdict(i, n_defects=0), STATION, model, "r")

@@ -172,7 +172,7 @@ def pipeline_with(cfg: LineConfig, frames, rate_hz: float | None, use_mqtt: bool
     from rtvp_edge.pipeline import Pipeline
 
     return Pipeline(
-        cfg, sources, base.inference, base.policy, publisher=base.publisher, model_info=base.model_info
+        cfg, sources, base.inference, base.verdict_rules, publisher=base.publisher, model_info=base.model_info
     )
 
 

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", nargs="*", default=None, help="blocks to test (default: all with nodes)")
     ap.add_argument("--extra", action="append", default=[], help="extra configuration: comma list of blocks "
                     "kept float, everything else INT8 (repeatable)")  # fmt: skip
+    ap.add_argument("--extra-only", action="store_true", help="run only the --extra configurations")
     args = ap.parse_args(argv)
 
     import onnx
@@ -88,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                      info["fake_quantize_ops"]))  # fmt: skip
         print(f"{label}: AP50 {value:.1f} (FP32 {base:.1f})", file=sys.stderr, flush=True)
 
-    run("all INT8", [])
-    for b in blocks:
+    if not args.extra_only:
+        run("all INT8", [])
+    for b in [] if args.extra_only else blocks:
         if args.mode == "only":
             run(f"only {b} INT8", [x for x in blocks if x != b])
         else:

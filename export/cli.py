@@ -97,7 +97,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantize-all-blocks",
         action="store_true",
-        help="also quantize the blocks kept float by default (the SAM image encoder)",
+        help="also quantize the blocks kept float by default (the general image encoder, the visual-text update)",
     )
     p.add_argument("--golden", type=int, default=4, help="golden images in the bundle (default 4)")
     p.add_argument("--score-threshold", type=float, default=0.25, help="bundle's default score threshold")

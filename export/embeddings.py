@@ -65,12 +65,6 @@ def load_vocabulary(path: str | os.PathLike) -> list[VocabularyClass]:
     return classes
 
 
-def write_vocabulary(path: str | os.PathLike, classes: list[VocabularyClass]) -> None:
-    """Write ``classes`` as a vocabulary YAML file (the format ``load_vocabulary`` reads)."""
-    data = {"classes": [{"name": c.name, "prompt": c.prompt} for c in classes]}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-
 def encode_vocabulary(
     text_encoder: str,
     classes: list[VocabularyClass],

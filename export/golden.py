@@ -2,8 +2,9 @@
 
 A few generated glass-container images (the simulated rig when available, else held-out or calibration
 images) are written as PNG with the detections this exact artifact produces on them, decoded by the runtime's
-own ``decode_detections`` with the bundle's thresholds. ``check_golden`` is the same comparison the runtime
-makes; export runs it on the finished bundle before renaming it into place.
+own ``decode_detections`` with the bundle's thresholds. ``check_golden`` compares with the runtime's own
+``rtvp_edge.selftest.golden_differences``; export runs it on the finished bundle before renaming it into
+place.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rtvp_edge.bundle import BundleError, BundleManifest, GoldenSample, Threshol
 from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
+from rtvp_edge.selftest import golden_differences
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -90,39 +92,6 @@ def write_golden(
     return samples
 
 
-def match_golden(
-    expected: list[dict], actual: list[Detection], score_atol: float, box_atol: float, score_threshold: float
-) -> list[str]:
-    """Problems between expected and actual detections (empty: they agree).
-
-    A detection whose score is within ``score_atol`` of the threshold may appear on one side only: numeric
-    noise legitimately moves it across the threshold.
-    """
-    problems = []
-    unused = list(actual)
-    for e in expected:
-        hit = None
-        for a in unused:
-            if (
-                a.class_id == e["class_id"]
-                and abs(a.score - e["score"]) <= score_atol
-                and max(abs(x - y) for x, y in zip(a.box, e["box"], strict=True)) <= box_atol
-            ):
-                hit = a
-                break
-        if hit is not None:
-            unused.remove(hit)
-        elif e["score"] > score_threshold + score_atol:
-            problems.append(
-                f"expected {e['class_name'] if 'class_name' in e else e['class_id']} "
-                f"{e['score']:.3f} at {[round(v) for v in e['box']]} not found"
-            )
-    for a in unused:
-        if a.score > score_threshold + score_atol:
-            problems.append(f"unexpected {a.class_name} {a.score:.3f} at {[round(v) for v in a.box]}")
-    return problems
-
-
 def check_golden(
     bundle_dir: str | os.PathLike,
     manifest: BundleManifest,
@@ -148,8 +117,8 @@ def check_golden(
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise ExportError(f"golden image {root / g.image} cannot be read")
-        problems = match_golden(
-            g.detections, decode(runner, img, spec, names, thr), g.score_atol, g.box_atol, thr.score
+        problems = golden_differences(
+            g.detections, decode(runner, img, spec, names, thr), g.score_atol, g.box_atol, thr.score, names
         )
         if problems:
             raise ExportError(

@@ -6,7 +6,11 @@ Kept float:
   node between the outputs and the last weighted layer on each path). Quantizing the score path shifts
   scores near the decision threshold, and box decoding multiplies by strides: both cost AP for no speed;
 - whole blocks where INT8 does not pay on the target CPU (default: the MobileSAM image encoder, slower in
-  INT8 than in bf16 on AVX512-BF16/AMX CPUs; the figures are in benchmarks/results/export.md).
+  INT8 than in bf16 on AVX512-BF16/AMX CPUs; the figures are in benchmarks/results/export.md);
+- the visual-text update (``vt``, Eq. 11): a softmax over every position of every level (thousands), whose
+  weights of about 1/N cannot be told apart in 8 bits. Quantizing that block alone (16 quantizers) cost 18.1
+  of 34.4 AP50 on the glass val split, every other block at most 2.9 (benchmarks/int8_sensitivity.py,
+  benchmarks/results/export.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from export.errors import ExportError
 
 LAST_LAYERS = {"Conv", "ConvTranspose", "Gemm"}
 # Blocks kept out of INT8 by default: regex on the top-level child module names of the model.
-DEFAULT_FLOAT_BLOCKS = r"(sam|image_encoder|mobilesam|tinyvit)"
+DEFAULT_FLOAT_BLOCKS = r"(sam|image_encoder|mobilesam|tinyvit|^vt$)"
 
 
 @dataclass

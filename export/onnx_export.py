@@ -113,7 +113,3 @@ def check_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path}: onnx.checker failed: {e}") from None
     return onnx.load(str(path), load_external_data=False)
-
-
-def node_names(model: onnx.ModelProto) -> list[str]:
-    return [n.name for n in model.graph.node]

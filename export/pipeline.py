@@ -599,7 +599,8 @@ def accuracy_guard(
         )
         if not force:
             raise ExportError(
-                msg + "; try --accuracy-control, a larger --calib-size, --keep-float BLOCK, "
+                msg + "; try --accuracy-control, a larger --calib-size, --keep-float BLOCK (python "
+                "benchmarks/int8_sensitivity.py measures each block), "
                 "or --force to write the bundle anyway"
             )
         log.warning("%s; written anyway (--force)", msg)

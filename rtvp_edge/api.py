@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 
 from rtvp_edge.assembler import AssembledPart
-from rtvp_edge.config import DetectionConfig, VerdictConfig, load_line_config
+from rtvp_edge.config import DetectionConfig, load_line_config
+from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.inference import PartInference
 from rtvp_edge.messages import Detection, Frame, PartVerdict
 from rtvp_edge.sources.replay import IMAGE_SUFFIXES
-from rtvp_edge.verdict import VerdictPolicy
 
 
 class Detector:
@@ -62,15 +62,14 @@ class Detector:
         self.manifest, self.backend = load_and_check_bundle(bundle, backend, device, threads, 1, selftest)
         try:
             self.detection = detection or DetectionConfig()
-            self.policy = VerdictPolicy(
+            self.detection_filter = DetectionFilter(
                 self.detection,
-                VerdictConfig(),
                 [c.name for c in self.manifest.vocabulary.classes],
                 self.manifest.thresholds.score,
                 self.manifest.thresholds.class_scores,
             )
             self.inference = PartInference(
-                self.backend, self.manifest, bundle, self.policy, self.detection.iou_threshold
+                self.backend, self.manifest, bundle, self.detection_filter, self.detection.iou_threshold
             )
         except BaseException:
             self.backend.close()
@@ -86,7 +85,7 @@ class Detector:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.policy.class_names)
+        return list(self.detection_filter.class_names)
 
     def predict(
         self, images: Sequence[np.ndarray | str | Path] | np.ndarray, camera_ids: Sequence[str] | None = None

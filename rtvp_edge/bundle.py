@@ -32,9 +32,10 @@ import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from rtvp_edge.preprocess import PreprocessSpec
+from rtvp_edge.strict import StrictModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,11 +47,7 @@ Backend = Literal["onnxruntime", "openvino", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "mixed"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-
-class ModelInfo(_Strict):
+class ModelInfo(StrictModel):
     name: str  # e.g. "rtvpnet_s"
     version: str  # free text, e.g. "glass-demo-2026.11"
     variant: str = "rtvpnet_s"
@@ -60,7 +57,7 @@ class ModelInfo(_Strict):
     encoder: dict[str, str] | None = None
 
 
-class PreprocessInfo(_Strict):
+class PreprocessInfo(StrictModel):
     input_size: tuple[int, int]  # (height, width)
     pad_value: int = 114
     color: Literal["RGB", "BGR"] = "RGB"
@@ -81,7 +78,7 @@ class PreprocessInfo(_Strict):
         )
 
 
-class IOInfo(_Strict):
+class IOInfo(StrictModel):
     """Graph inputs/outputs. ``boxes`` is (B, N, 4) xyxy in model-input pixels; ``scores`` is (B, N, C)
     class probabilities in [0, 1] (sigmoid applied in the graph). NMS is not in the graph: the runtime
     runs it (OpenCV) per image."""
@@ -97,12 +94,12 @@ class IOInfo(_Strict):
     batch: int = -1  # -1: dynamic batch; else the fixed batch the artifact was compiled for
 
 
-class VocabularyClass(_Strict):
+class VocabularyClass(StrictModel):
     name: str
     prompt: str
 
 
-class VocabularyInfo(_Strict):
+class VocabularyInfo(StrictModel):
     mode: Literal["folded", "input"]  # folded: embeddings are constants in the graph
     classes: list[VocabularyClass]
     text_encoder: str  # identity of the encoder that produced the embeddings
@@ -118,7 +115,7 @@ class VocabularyInfo(_Strict):
     enrolled: dict[str, dict] = {}
 
 
-class Thresholds(_Strict):
+class Thresholds(StrictModel):
     score: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.5, ge=0.0, le=1.0)
     max_detections: int = Field(100, gt=0)
@@ -128,7 +125,7 @@ class Thresholds(_Strict):
     class_scores: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = {}
 
 
-class Artifact(_Strict):
+class Artifact(StrictModel):
     backend: Backend
     path: str  # relative to the bundle
     precision: Precision
@@ -144,7 +141,7 @@ class Artifact(_Strict):
     accuracy: dict[str, float] = {}
 
 
-class AccuracyInfo(_Strict):
+class AccuracyInfo(StrictModel):
     dataset: str
     images: int
     metric: str = "AP50"
@@ -157,7 +154,7 @@ class AccuracyInfo(_Strict):
     operating_points: dict[str, dict[str, float]] = {}
 
 
-class GoldenSample(_Strict):
+class GoldenSample(StrictModel):
     image: str  # relative path of a camera image (PNG)
     detections: list[dict]  # [{"class_id": int, "score": float, "box": [x1, y1, x2, y2]}] in image pixels
     score_atol: float = 0.05
@@ -168,7 +165,7 @@ class GoldenSample(_Strict):
     precision: str | None = None
 
 
-class BundleManifest(_Strict):
+class BundleManifest(StrictModel):
     schema_version: int = SCHEMA_VERSION
     created_utc: str
     model: ModelInfo

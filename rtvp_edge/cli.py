@@ -133,7 +133,12 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rtvp_edge.pipeline import build_policy, load_and_check_bundle, load_model
+    from rtvp_edge.pipeline import (
+        build_detection_filter,
+        build_verdict_rules,
+        load_and_check_bundle,
+        load_model,
+    )
 
     if args.bundle is not None:
         manifest = load_manifest(args.bundle, public_key=args.public_key)
@@ -159,7 +164,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = load_model(config)
     manifest = loaded.manifest
     try:
-        policy = build_policy(config, manifest)
+        detection_filter = build_detection_filter(config, manifest)
+        build_verdict_rules(config, manifest)  # its rules name classes of the bundle
     finally:
         loaded.backend.close()
     config.mqtt.check_files()  # TLS files exist
@@ -173,7 +179,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.cameras)} cameras ({kinds}), bundle {m.bundle} verified, {m.backend} on {m.device} "
         f"loaded, {selftest}"
     )
-    print("score thresholds: " + ", ".join(policy.describe_thresholds()))
+    print("score thresholds: " + ", ".join(detection_filter.describe_thresholds()))
     print(_describe_input(manifest, {c.id: c.crop for c in config.cameras}))
     print(loaded.choice.describe())
     print(capacity_line(loaded.capacity))

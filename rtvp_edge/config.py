@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -32,14 +31,12 @@ from pydantic import (
 
 from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
 from rtvp_edge.plc.config import PlcConfig  # the ``plc:`` section (schema only; servers in rtvp_edge/plc)
+from rtvp_edge.station import ID_PATTERN, StationIds
+from rtvp_edge.strict import StrictModel
 
 
 class ConfigError(Exception):
     """A line configuration is invalid. The message names the file, the line and the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -47,21 +44,15 @@ def _base_dir(info: ValidationInfo) -> Path:
     return Path(ctx.get("base_dir", "."))
 
 
-_ID = r"^[A-Za-z0-9_.-]+$"  # ids become MQTT topic levels and file names: no '/', '+', '#', spaces
+class LineIds(StationIds):
+    """The ``line:`` section: who is speaking (default topic root ``rtvp/<site>/<line>/<station>``)."""
 
-
-class LineIds(_Strict):
-    """Who is speaking: default topic root is ``rtvp/<site>/<line>/<station>``."""
-
-    site: str = Field(pattern=_ID)
-    line: str = Field(pattern=_ID)
-    station: str = Field(pattern=_ID)
     # parts per second the real line delivers (None: not said); checked against what the box sustains at
     # start (a simulated line uses sim.line_rate_hz)
     expected_rate_hz: float | None = Field(None, gt=0)
 
 
-class Resolution(_Strict):
+class Resolution(StrictModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
 
@@ -90,10 +81,10 @@ def classify_source(source: str | int) -> SourceKind:
     return "video"
 
 
-class CameraConfig(_Strict):
+class CameraConfig(StrictModel):
     """One camera and its place in the rig."""
 
-    id: str = Field(pattern=_ID)
+    id: str = Field(pattern=ID_PATTERN)
     source: str | int
     resolution: Resolution | None = None  # expected frame size; other sizes are counted and skipped
     bank: Literal["left", "right", "single"] = "single"
@@ -141,7 +132,7 @@ class CameraConfig(_Strict):
         return classify_source(self.source)
 
 
-class SimConfig(_Strict):
+class SimConfig(StrictModel):
     """The simulated rotating rig (cameras with ``source: sim``)."""
 
     seed: int = Field(0, ge=0)
@@ -152,7 +143,7 @@ class SimConfig(_Strict):
     realtime: bool = True  # False: frames as fast as the pipeline takes them (benchmarks)
 
 
-class AssemblyConfig(_Strict):
+class AssemblyConfig(StrictModel):
     """How frames become parts."""
 
     views_per_part: int = Field(6, ge=1)
@@ -178,10 +169,9 @@ class AssemblyConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """The bundle and the backend that runs it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class BundleConfig(StrictModel):
+    """The line file's ``model:`` section: which bundle runs, on which backend and device (the model's
+    architecture is ``training.model.ModelConfig``, fixed in the bundle)."""
 
     bundle: str
     backend: Literal["openvino", "onnxruntime", "tensorrt"] = "openvino"
@@ -224,7 +214,7 @@ class ModelConfig(_Strict):
 Box = tuple[float, float, float, float]
 
 
-class DetectionConfig(_Strict):
+class DetectionConfig(StrictModel):
     """Filters applied to raw detections before the verdict rules."""
 
     score_threshold: float | None = Field(None, ge=0, le=1)  # None: the bundle's default
@@ -255,7 +245,7 @@ class DetectionConfig(_Strict):
         return v
 
 
-class VerdictRule(_Strict):
+class VerdictRule(StrictModel):
     """NG when at least ``min_count`` defects of ``class_name`` (``"*"``: any class) score >= ``min_score``
     in one part (all views together)."""
 
@@ -266,12 +256,12 @@ class VerdictRule(_Strict):
     min_count: int = Field(1, ge=1)
 
 
-class VerdictConfig(_Strict):
+class VerdictConfig(StrictModel):
     # Default: any defect that survives the detection filters makes the part NG.
     rules: list[VerdictRule] = [VerdictRule()]
 
 
-class EvidenceConfig(_Strict):
+class EvidenceConfig(StrictModel):
     enabled: bool = True
     dir: str = "evidence"
     retention_days: float = Field(30.0, gt=0)
@@ -285,13 +275,13 @@ class EvidenceConfig(_Strict):
         return str(p if p.is_absolute() else (_base_dir(info) / p).resolve())
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(StrictModel):
     # (the metrics period is mqtt.metrics_interval_s: metrics are an MQTT event)
     queue_size: int = Field(8, ge=1)  # bounded queues between stages (parts)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     """``metrics:``: a Prometheus scrape endpoint (``pip install 'rtvp-edge[metrics]'``; docs/runtime.md).
     None: no HTTP endpoint (the periodic MQTT metrics event is always published)."""
 
@@ -299,14 +289,14 @@ class MetricsConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1)  # listen address; 0.0.0.0 for a scraper on another machine
 
 
-class LineConfig(_Strict):
+class LineConfig(StrictModel):
     """The whole line file."""
 
     line: LineIds
     cameras: list[CameraConfig] = Field(min_length=1)
     sim: SimConfig = SimConfig()
     assembly: AssemblyConfig = AssemblyConfig()
-    model: ModelConfig
+    model: BundleConfig
     detection: DetectionConfig = DetectionConfig()
     verdict: VerdictConfig = VerdictConfig()
     mqtt: MqttConfig = MqttConfig()

@@ -20,9 +20,7 @@ The JSON Schema is ``rtvp_edge/schemas/events.schema.json``; ``validate_payload`
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -32,37 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rtvp_edge.messages import PartVerdict
 from rtvp_edge.outbox import OutgoingEvent
+from rtvp_edge.station import StationIds  # where the events come from
 
 EVENT_SCHEMA_VERSION = "1.1"  # 1.1: optional verdict.plc (what the PLC was told)
 TOPICS = ("verdict", "defect", "status", "metrics")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-@dataclass(frozen=True)
-class StationIds:
-    """Where the events come from: site, line and station ids (from the line configuration).
-
-    Ids are used in MQTT topics, so they may only hold letters, digits, ``_``, ``-`` and ``.``.
-    """
-
-    site: str
-    line: str
-    station: str
-
-    def __post_init__(self) -> None:
-        for name in ("site", "line", "station"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _ID_RE.match(value):
-                raise ValueError(
-                    f"station id {name}={value!r} is not usable in an MQTT topic "
-                    "(letters, digits, '_', '-', '.' only)"
-                )
-
-    def as_dict(self) -> dict[str, str]:
-        return {"site": self.site, "line": self.line, "station": self.station}
-
-
-class ModelInfo(BaseModel):
+class RunningModel(BaseModel):
     """The model that produced the verdicts, as carried in every verdict/defect/status payload.
 
     Args:
@@ -140,7 +114,7 @@ def _box(box: tuple[float, float, float, float]) -> list[float]:
 
 
 def verdict_events(
-    verdict: PartVerdict, station: StationIds, model: ModelInfo, root: str, qos: int = 1
+    verdict: PartVerdict, station: StationIds, model: RunningModel, root: str, qos: int = 1
 ) -> list[OutgoingEvent]:
     """The events for one part: its verdict, then one defect event per detection (view order).
 
@@ -228,7 +202,7 @@ def verdict_events(
 def status_payload(
     state: str,
     station: StationIds,
-    model: ModelInfo | None,
+    model: RunningModel | None,
     client_id: str,
     reason: str,
     ts: float | None = None,

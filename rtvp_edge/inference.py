@@ -13,10 +13,10 @@ import numpy as np
 from rtvp_edge.assembler import AssembledPart
 from rtvp_edge.backends.base import Backend, load_embeddings
 from rtvp_edge.bundle import BundleManifest
+from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.messages import ViewResult
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import preprocess
-from rtvp_edge.verdict import VerdictPolicy
 
 # on_done(part, views or None, error or None, {"preprocess": ms, "inference": ms, "decode": ms})
 PartCallback = Callable[[AssembledPart, list[ViewResult] | None, BaseException | None, dict], None]
@@ -29,7 +29,7 @@ class PartInference:
         backend: a loaded backend.
         manifest: the bundle's manifest (preprocessing, vocabulary, default thresholds).
         bundle_dir: the bundle (for the embeddings file in vocabulary mode ``input``).
-        policy: detection filters (class thresholds, min size, ROIs).
+        detection_filter: the line's detection filters (class thresholds, min size, ROIs).
         iou_threshold: NMS IoU, None for the bundle's default.
         crops: camera id -> (x1, y1, x2, y2) region the model sees, replacing the bundle's crop for that
             camera (line file ``cameras[].crop``).
@@ -40,11 +40,11 @@ class PartInference:
         backend: Backend,
         manifest: BundleManifest,
         bundle_dir: str | Path,
-        policy: VerdictPolicy,
+        detection_filter: DetectionFilter,
         iou_threshold: float | None = None,
         crops: dict[str, tuple[int, int, int, int]] | None = None,
     ) -> None:
-        self.backend, self.manifest, self.policy = backend, manifest, policy
+        self.backend, self.manifest, self.detection_filter = backend, manifest, detection_filter
         self.crops = dict(crops or {})
         self.spec = manifest.preprocess.spec()
         self.class_names = [c.name for c in manifest.vocabulary.classes]
@@ -52,7 +52,8 @@ class PartInference:
         self.iou = manifest.thresholds.iou if iou_threshold is None else iou_threshold
         self.max_detections = manifest.thresholds.max_detections
         # decode with the lowest threshold; filter_view applies each class's own
-        self.decode_score = float(np.min(policy.class_thresholds)) if len(policy.class_thresholds) else 0.0
+        thresholds = detection_filter.class_thresholds  # (C,)
+        self.decode_score = float(np.min(thresholds)) if len(thresholds) else 0.0
 
     def submit(self, part: AssembledPart, on_done: PartCallback) -> None:
         """Start inference of ``part``; ``on_done`` is called once, possibly from a backend thread."""
@@ -75,9 +76,9 @@ class PartInference:
                 for i, f in enumerate(part.frames):
                     dets = decode_detections(
                         boxes[i], scores[i], lbs[i], self.class_names, self.decode_score, self.iou,
-                        self.max_detections, self.policy.class_thresholds,
+                        self.max_detections, self.detection_filter.class_thresholds,
                     )  # fmt: skip
-                    kept = self.policy.filter_view(f.camera_id, dets)
+                    kept = self.detection_filter.filter_view(f.camera_id, dets)
                     views.append(ViewResult(f.camera_id, f.view_index, f.trigger_seq, f.capture_time, kept))
             except Exception as e:  # noqa: BLE001 - becomes an INCOMPLETE verdict upstream
                 on_done(part, None, e, timing)

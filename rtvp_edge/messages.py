@@ -1,4 +1,5 @@
-"""Small frozen messages passed between stages of the line (camera -> part assembler -> inference).
+"""Small frozen messages passed between stages of the line (camera -> part assembler -> inference ->
+decision).
 
 Everything carries ids and capture timestamps so a verdict can be traced to the frames behind it.
 """
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the assembler imports this module
+    from rtvp_edge.assembler import AssembledPart
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,24 @@ class ViewResult:
     capture_time: float
     detections: tuple[Detection, ...]
     evidence_path: str | None = None  # annotated image written for NG parts
+
+
+@dataclass(frozen=True)
+class InferredPart:
+    """What inference hands the decision stage for one part (the pipeline's result queue).
+
+    Args:
+        part: the assembled part (its frames, missing views, trigger sequence).
+        views: one ``ViewResult`` per frame of the part, detections already filtered; None when inference
+            failed.
+        error: why inference failed (the part becomes INCOMPLETE), else None.
+        timing_ms: per-stage times of this part, e.g. {"preprocess": 3.1, "inference": 41.2, "decode": 0.8}.
+    """
+
+    part: AssembledPart
+    views: tuple[ViewResult, ...] | None
+    error: BaseException | None = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

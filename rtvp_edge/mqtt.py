@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rtvp_edge.events import (
-    ModelInfo,
+    RunningModel,
     StationIds,
     metrics_payload,
     status_payload,
@@ -45,6 +45,7 @@ from rtvp_edge.events import (
 )
 from rtvp_edge.messages import PartVerdict
 from rtvp_edge.outbox import Outbox
+from rtvp_edge.strict import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,6 @@ class MqttConnectError(RuntimeError):
     """
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
     """Relative paths resolve against ``context["base_dir"]`` when the caller validates with one
     (the line-config loader passes the line file's directory), else they stay as written."""
@@ -84,7 +81,7 @@ def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
     return Path(base) / value if base is not None else value
 
 
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """TLS towards the broker.
 
     Args:
@@ -109,7 +106,7 @@ class TlsConfig(_Strict):
         return self
 
 
-class OutboxConfig(_Strict):
+class OutboxConfig(StrictModel):
     """The durable outbox (see ``rtvp_edge.outbox`` for the policies and their reasoning).
 
     Args:
@@ -129,7 +126,7 @@ class OutboxConfig(_Strict):
     _paths = field_validator("path")(_against_base_dir)
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     """The line configuration's ``mqtt:`` section.
 
     Args:
@@ -299,13 +296,15 @@ class EventPublisher:
         self,
         config: MqttConfig,
         station: StationIds,
-        model_info: dict[str, Any] | ModelInfo,
+        model_info: dict[str, Any] | RunningModel,
         client: paho.Client | None = None,
         outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         self.station = station
-        self.model = model_info if isinstance(model_info, ModelInfo) else ModelInfo.model_validate(model_info)
+        self.model = (
+            model_info if isinstance(model_info, RunningModel) else RunningModel.model_validate(model_info)
+        )
         self.root = topic_root(config.topic_root, station)
         self.client_id = config.client_id or f"rtvp-{station.site}-{station.line}-{station.station}"
         self.outbox = outbox or Outbox(

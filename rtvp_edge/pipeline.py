@@ -42,16 +42,17 @@ from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePa
 from rtvp_edge.backends import Backend, load_backend, load_embeddings
 from rtvp_edge.bundle import Artifact, BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
+from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.inference import PartInference
-from rtvp_edge.messages import CameraSource, Frame, PartVerdict, ViewResult
+from rtvp_edge.messages import CameraSource, Frame, InferredPart, PartVerdict, ViewResult
 from rtvp_edge.metrics import RuntimeMetrics
 from rtvp_edge.mqtt import EventPublisher
 from rtvp_edge.outbox import OutboxFullError
 from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
-from rtvp_edge.verdict import VerdictPolicy
+from rtvp_edge.verdict import VerdictRules
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Pipeline:
         config: the line configuration (camera placement, assembly, runtime sizes).
         sources: {camera id: CameraSource}, not yet opened.
         inference: batched inference bound to the loaded backend.
-        policy: detection filters and verdict rules.
+        verdict_rules: the line's verdict rules (the decision stage judges every part with them).
         sinks: callables taking each ``PartVerdict`` (MQTT publisher, live line, user hooks); a sink that
             raises is counted and reported, the others still get the verdict.
         evidence: optional evidence writer for NG parts (runs before the sinks so events carry the paths).
@@ -102,7 +103,7 @@ class Pipeline:
         config: LineConfig,
         sources: dict[str, CameraSource],
         inference: PartInference,
-        policy: VerdictPolicy,
+        verdict_rules: VerdictRules,
         sinks: Sequence[Sink] = (),
         evidence: EvidenceWriter | None = None,
         publisher=None,
@@ -113,7 +114,7 @@ class Pipeline:
         part_sinks: Sequence[PartSink] = (),
         plc_station=None,
     ) -> None:
-        self.config, self.inference, self.policy = config, inference, policy
+        self.config, self.inference, self.verdict_rules = config, inference, verdict_rules
         self.plc_station = plc_station
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
         self.model_info = model_info or {}
@@ -148,6 +149,7 @@ class Pipeline:
         )
         qs = config.runtime.queue_size
         self.part_queue: queue.Queue = queue.Queue(qs)
+        # InferredPart per part, then _SENTINEL
         self.result_queue: queue.Queue = queue.Queue(qs + config.model.infer_requests)
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -253,32 +255,33 @@ class Pipeline:
     def _on_inferred(
         self, part: AssembledPart, views: list[ViewResult] | None, err: BaseException | None, timing: dict
     ) -> None:
-        self.result_queue.put((part, views, err, timing))
+        self.result_queue.put(InferredPart(part, None if views is None else tuple(views), err, timing))
 
-    def _decide(self, part: AssembledPart, views, err, timing) -> PartVerdict:
+    def _decide(self, inferred: InferredPart) -> PartVerdict:
+        part, views, err = inferred.part, inferred.views, inferred.error
         extra = []
         if err is not None:
             self.metrics.stage_errors["inference"] += 1
             extra.append(f"inference failed: {type(err).__name__}: {err}")
             self._status("inference", "ERROR", f"part {part.part_id}: {err}")
-            views = [
+            views = tuple(
                 ViewResult(f.camera_id, f.view_index, f.trigger_seq, f.capture_time, ()) for f in part.frames
-            ]
+            )
         if part.missing_views and part.reason and part.reason != "timeout":
             extra.append(f"part emitted incomplete: {part.reason}")
-        latency = {k: round(v, 2) for k, v in timing.items()}
+        latency = {k: round(v, 2) for k, v in inferred.timing_ms.items()}
         latency["trigger_to_verdict"] = round((time.monotonic() - part.first_monotonic) * 1e3, 2)
         first_capture = min((f.capture_time for f in part.frames), default=time.time())
-        return self.policy.decide(
+        return self.verdict_rules.decide(
             part.part_id, part.trigger_seq, views, part.missing_views, first_capture, latency, extra
         )
 
     def _decision_stage(self) -> None:
         try:
             while (item := self.result_queue.get()) is not _SENTINEL:
-                part = item[0]
+                part = item.part
                 try:
-                    verdict = self._decide(*item)
+                    verdict = self._decide(item)
                 except Exception as e:  # never silently OK: a part we cannot judge is INCOMPLETE
                     log.exception("verdict failed for part %s", part.part_id)
                     self.metrics.stage_errors["verdict"] += 1
@@ -572,12 +575,17 @@ def load_and_check_bundle(
 
 @dataclass
 class LoadedModel:
-    """A verified bundle with the artifact chosen for this machine loaded and self-tested."""
+    """A verified bundle with the artifact chosen for this machine loaded and self-tested.
+
+    Attributes:
+        info: the running model's identity for events, logs and metrics (``model_info``).
+    """
 
     manifest: BundleManifest
     backend: Backend
     choice: ArtifactChoice
     capacity: Capacity
+    info: dict
 
 
 def line_rate(config: LineConfig) -> tuple[float | None, str | None]:
@@ -638,15 +646,17 @@ def load_model(
     except BaseException:
         backend.close()
         raise
-    return LoadedModel(manifest, backend, choice, capacity)
+    info = model_info(manifest, m.backend, bundle_hash, choice.artifact)
+    return LoadedModel(manifest, backend, choice, capacity, info)
 
 
 def model_info(
-    manifest: BundleManifest, backend: str, bundle_dir: str | Path, artifact: Artifact | None = None
+    manifest: BundleManifest, backend: str, bundle_sha256: str, artifact: Artifact | None = None
 ) -> dict:
     """Identity of the running model for events: name, version, precision (of ``artifact``, the one
-    running; default the backend's first), backend and the bundle's hash (sha256 of its manifest.json,
-    which lists the sha256 of every file: ``sha256sum manifest.json``)."""
+    running; default the backend's first), backend and the bundle's hash ``bundle_sha256`` (sha256 of its
+    manifest.json, which lists the sha256 of every file: ``sha256sum manifest.json``; ``load_model``
+    hashes it once per start)."""
     have = {a.backend for a in manifest.artifacts}
     # TensorRT builds from the ONNX; OpenVINO reads the ONNX when the bundle ships no IR
     art = artifact or manifest.artifact(backend if backend in have else "onnxruntime")
@@ -655,19 +665,35 @@ def model_info(
         "version": manifest.model.version,
         "precision": art.precision,
         "backend": backend,
-        "bundle_sha256": sha256_file(Path(bundle_dir) / "manifest.json"),
+        "bundle_sha256": bundle_sha256,
     }
 
 
-def build_policy(config: LineConfig, manifest: BundleManifest) -> VerdictPolicy:
+def build_detection_filter(config: LineConfig, manifest: BundleManifest) -> DetectionFilter:
+    """The line's ``detection:`` filters over the bundle's vocabulary and default thresholds.
+
+    Raises:
+        ConfigError: a class threshold names a class the bundle lacks (the message names the file).
+    """
     try:
-        return VerdictPolicy(
+        return DetectionFilter(
             config.detection,
-            config.verdict,
             [c.name for c in manifest.vocabulary.classes],
             manifest.thresholds.score,
             manifest.thresholds.class_scores,
         )
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
+
+
+def build_verdict_rules(config: LineConfig, manifest: BundleManifest) -> VerdictRules:
+    """The line's ``verdict:`` rules over the bundle's vocabulary.
+
+    Raises:
+        ConfigError: a rule names a class the bundle lacks (the message names the file).
+    """
+    try:
+        return VerdictRules(config.verdict, [c.name for c in manifest.vocabulary.classes])
     except ValueError as e:
         raise ConfigError(f"{config.source}: {e}") from None
 
@@ -683,8 +709,8 @@ def build_pipeline(
     time_part: PartTimer | None = None,
 ) -> Pipeline:
     """Build every collaborator of a line once: bundle (hash check), the artifact for this machine and its
-    backend, golden self-test, capacity, policy, sources (a simulated line paced to what the box sustains),
-    evidence writer and (when ``use_mqtt``) the MQTT event publisher.
+    backend, golden self-test, capacity, detection filter and verdict rules, sources (a simulated line paced
+    to what the box sustains), evidence writer and (when ``use_mqtt``) the MQTT event publisher.
 
     Args:
         time_part: seconds per part of a loaded backend (tests inject a slow or fast box); see ``load_model``.
@@ -695,7 +721,7 @@ def build_pipeline(
     m = config.model
     loaded = load_model(config, time_part=time_part)
     manifest, backend, choice, capacity = loaded.manifest, loaded.backend, loaded.choice, loaded.capacity
-    info = model_info(manifest, m.backend, m.bundle, choice.artifact)
+    info = loaded.info
     log.info(
         "line %s/%s/%s: bundle %s (%s %s, %s), %s on %s %s, golden self-test %s",
         config.line.site, config.line.line, config.line.station, m.bundle, manifest.model.name,
@@ -723,10 +749,11 @@ def build_pipeline(
             )
         else:
             log.info("capacity: %s", capacity.describe())
-        policy = build_policy(config, manifest)
+        detection_filter = build_detection_filter(config, manifest)
+        verdict_rules = build_verdict_rules(config, manifest)
         crops = {c.id: c.crop for c in config.cameras if c.crop is not None}
         inference = PartInference(
-            backend, manifest, m.bundle, policy, config.detection.iou_threshold, crops=crops
+            backend, manifest, m.bundle, detection_filter, config.detection.iou_threshold, crops=crops
         )
         try:
             sources, rig = build_sources(sources_config)
@@ -752,7 +779,7 @@ def build_pipeline(
             config,
             sources,
             inference,
-            policy,
+            verdict_rules,
             sinks,
             evidence,
             publisher,
@@ -784,7 +811,7 @@ def build_pipeline(
 
 def station_ids(config: LineConfig) -> StationIds:
     ids = config.line
-    return StationIds(ids.site, ids.line, ids.station)
+    return StationIds(ids.site, ids.line, ids.station)  # without the line's expected rate
 
 
 def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:

@@ -4,6 +4,7 @@ mismatched vocabulary or a silently corrupted install before any part is judged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,53 @@ def _match(exp: dict, got: list[Detection], score_atol: float, box_atol: float) 
         if np.max(np.abs(np.asarray(d.box) - np.asarray(exp["box"], dtype=np.float64))) <= box_atol:
             return i
     return None
+
+
+def golden_differences(
+    expected: Sequence[dict],
+    actual: Sequence[Detection],
+    score_atol: float,
+    box_atol: float,
+    score_threshold: float,
+    class_names: Sequence[str],
+) -> list[str]:
+    """How ``actual`` detections differ from the ``expected`` ones recorded at export (empty: they agree).
+    The one golden comparison: the runtime's start-up self-test and export's check of a finished bundle.
+
+    A detection matches when its class is the same, its score within ``score_atol`` and every box
+    coordinate within ``box_atol`` pixels. Only detections clear of the threshold must match one-to-one:
+    those scored at least ``score_threshold + score_atol``. Decoding keeps ``score >= score_threshold``,
+    so a detection scored ``score_threshold + score_atol`` or more on one side scores at least
+    ``score_threshold`` on the other and cannot have been dropped there; one scored below that may
+    legitimately appear or vanish between runtimes.
+
+    Args:
+        expected: the golden sample's recorded detections (``{"class_id", "score", "box"}``, box
+            (x1, y1, x2, y2) in pixels of the golden image).
+        actual: the detections decoded now, with the bundle's thresholds.
+        class_names: the bundle's C class names (for the messages).
+    Returns:
+        one message per difference, in order: missing expected detections, then unexpected ones.
+    """
+    margin = score_threshold + score_atol
+    problems = []
+    unmatched = list(actual)
+    for exp in expected:
+        i = _match(exp, unmatched, score_atol, box_atol)
+        if i is not None:
+            unmatched.pop(i)
+        elif float(exp["score"]) >= margin:
+            problems.append(
+                f"expected {class_names[int(exp['class_id'])]} score {float(exp['score']):.3f} box "
+                f"{[round(float(v), 1) for v in exp['box']]}, not found in "
+                f"{[(d.class_name, round(d.score, 3), [round(v, 1) for v in d.box]) for d in actual]}"
+            )
+    problems += [
+        f"unexpected {d.class_name} score {d.score:.3f} box {[round(v, 1) for v in d.box]}"
+        for d in unmatched
+        if d.score >= margin
+    ]
+    return problems
 
 
 def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backend: Backend) -> int:
@@ -67,24 +115,7 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
         batch, lbs = preprocess([img], spec)
         boxes, scores = backend.infer(batch, emb)
         got = decode_detections(boxes[0], scores[0], lbs[0], names, thr.score, thr.iou, thr.max_detections)
-        margin = thr.score + g.score_atol
-        unmatched = list(got)
-        for exp in g.detections:
-            i = _match(exp, unmatched, g.score_atol, g.box_atol)
-            if i is not None:
-                unmatched.pop(i)
-            elif float(exp["score"]) >= margin:
-                raise BundleError(
-                    f"{path}: golden self-test failed on {backend.name}: expected "
-                    f"{names[int(exp['class_id'])]} score {float(exp['score']):.3f} box "
-                    f"{[round(float(v), 1) for v in exp['box']]}, not found in "
-                    f"{[(d.class_name, round(d.score, 3), [round(v, 1) for v in d.box]) for d in got]}"
-                )
-        extra = [d for d in unmatched if d.score >= margin]
-        if extra:
-            d = extra[0]
-            raise BundleError(
-                f"{path}: golden self-test failed on {backend.name}: unexpected {d.class_name} score "
-                f"{d.score:.3f} box {[round(v, 1) for v in d.box]}"
-            )
+        problems = golden_differences(g.detections, got, g.score_atol, g.box_atol, thr.score, names)
+        if problems:
+            raise BundleError(f"{path}: golden self-test failed on {backend.name}: {problems[0]}")
     return len(samples)

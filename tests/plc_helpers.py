@@ -114,7 +114,7 @@ def gated_pipeline(line: Path, rec: Path, use_mqtt: bool = True) -> tuple[Pipeli
     sources = {c: GatedReplay(c, i, rec / c, gate=gate.sems[c]) for i, c in enumerate(CAMS)}
     got: list = []
     p = Pipeline(
-        cfg, sources, base.inference, base.policy, sinks=[got.append], publisher=base.publisher,
+        cfg, sources, base.inference, base.verdict_rules, sinks=[got.append], publisher=base.publisher,
         plc_station=base.plc_station,
     )  # fmt: skip
     if p.publisher is not None:

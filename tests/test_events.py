@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from rtvp_edge.events import (
-    ModelInfo,
+    RunningModel,
     StationIds,
     metrics_payload,
     status_payload,
@@ -20,7 +20,7 @@ from rtvp_edge.events import (
 from tests.mqtt_broker import MODEL_INFO, make_verdict
 
 STATION = StationIds("plant1", "glass", "st1")
-MODEL = ModelInfo.model_validate(MODEL_INFO)
+MODEL = RunningModel.model_validate(MODEL_INFO)
 
 
 def _with_seq(events):
@@ -105,6 +105,6 @@ def test_topic_root_and_ids():
     with pytest.raises(ValueError, match="station"):
         StationIds("plant 1", "glass", "st1")
     with pytest.raises(ValueError):
-        ModelInfo.model_validate({"name": "x", "version": "1", "precision": "int8"})
+        RunningModel.model_validate({"name": "x", "version": "1", "precision": "int8"})
     alias = {k: v for k, v in MODEL_INFO.items() if k != "bundle_sha256"} | {"bundle_hash": "cd"}
-    assert ModelInfo.model_validate(alias).bundle_sha256 == "cd"
+    assert RunningModel.model_validate(alias).bundle_sha256 == "cd"

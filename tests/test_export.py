@@ -419,8 +419,8 @@ def test_operating_points_of_an_artifact_on_held_out_data(glass_data):
 
 def test_int8_export_records_per_class_thresholds_the_runtime_uses(glass_data, tmp_path, monkeypatch):
     import export.pipeline as pipeline
-    from rtvp_edge.config import DetectionConfig, VerdictConfig
-    from rtvp_edge.verdict import VerdictPolicy
+    from rtvp_edge.config import DetectionConfig
+    from rtvp_edge.detection_filter import DetectionFilter
 
     real = pipeline.evaluate
     chosen = {"bubble": {"score": 0.42, "precision": 0.8, "recall": 0.7, "f1": 0.75}}
@@ -437,11 +437,11 @@ def test_int8_export_records_per_class_thresholds_the_runtime_uses(glass_data, t
     assert m.thresholds.class_scores == {"bubble": 0.42}
     assert m.accuracy.operating_points == chosen
     names = [c.name for c in m.vocabulary.classes]
-    policy = VerdictPolicy(
-        DetectionConfig(), VerdictConfig(), names, m.thresholds.score, m.thresholds.class_scores
+    detection_filter = DetectionFilter(
+        DetectionConfig(), names, m.thresholds.score, m.thresholds.class_scores
     )
-    assert policy.class_thresholds[names.index("bubble")] == pytest.approx(0.42)
-    assert policy.class_thresholds[names.index("oil")] == pytest.approx(THRESHOLD)
+    assert detection_filter.class_thresholds[names.index("bubble")] == pytest.approx(0.42)
+    assert detection_filter.class_thresholds[names.index("oil")] == pytest.approx(THRESHOLD)
     # --class-thresholds none keeps the single default
     m = export_bundle(
         _source(),

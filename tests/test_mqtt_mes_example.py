@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from rtvp_edge.events import ModelInfo, StationIds, verdict_events
+from rtvp_edge.events import RunningModel, StationIds, verdict_events
 from tests.mqtt_broker import MODEL_INFO, make_verdict
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mes_subscriber.py"
@@ -33,7 +33,7 @@ def _messages(n: int, first_seq: int = 1) -> list[tuple[str, bytes]]:
     """Encoded verdict/defect events for parts 0..n-1 with consecutive seq, as the outbox would send them."""
     out, seq = [], first_seq
     for i in range(n):
-        for event in verdict_events(make_verdict(i), STATION, ModelInfo.model_validate(MODEL_INFO), ROOT):
+        for event in verdict_events(make_verdict(i), STATION, RunningModel.model_validate(MODEL_INFO), ROOT):
             event.payload["seq"] = seq
             seq += 1
             out.append((event.topic, json.dumps(event.payload).encode()))

@@ -146,7 +146,7 @@ def test_camera_dying_mid_run_makes_its_parts_incomplete_others_go_on(tmp_path, 
         cfg,
         sources,
         base.inference,
-        base.policy,
+        base.verdict_rules,
         sinks=[got.append],
         status_sinks=[lambda *s: status.append(s)],
     )
@@ -314,7 +314,7 @@ def test_time_pairing_keeps_views_with_their_part(tmp_path, bundle, pairing):
     sources = {c: FolderReplay(c, i, rec / c, fps=2) for i, c in enumerate(CAMS)}
     sources["B"] = LosingCamera("B", 1, rec / "B", fps=2, lost=2)
     got = []
-    p = Pipeline(cfg, sources, base.inference, base.policy, sinks=[got.append])
+    p = Pipeline(cfg, sources, base.inference, base.verdict_rules, sinks=[got.append])
     p.run()
     p.close()
     by_seq = {v.trigger_seq: v for v in got}

@@ -451,11 +451,3 @@ def load_config(
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML (readable back by ``load_config``)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def model_config_from_dict(
-    data: dict, model_config_cls: type | None = None, source: str = "checkpoint"
-) -> Any:
-    """Rebuild the model config stored in a checkpoint, strictly (unknown keys are errors)."""
-    cls = model_config_cls or _model_config_cls()
-    return from_dict(cls, data, prefix="model", source=source)

@@ -15,6 +15,28 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from training.config import ConfigError
+
+
+def resolve_device(setting: str, local_rank: int = 0, key: str = "device") -> torch.device:
+    """The torch device this process runs on.
+
+    Args:
+        setting: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` (this process's GPU) or
+            ``cuda:N``.
+        local_rank: this process's rank on its machine (``LOCAL_RANK`` under torchrun): the GPU of ``cuda``.
+        key: what the user wrote the setting as (a config key or a command-line flag), for the error.
+    Raises:
+        ConfigError: CUDA was asked for on a machine without it (the message names ``key`` and the value).
+    """
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} {setting!r}: CUDA is not available on this machine")
+    if setting in ("auto", "cuda"):
+        return torch.device("cuda", local_rank)
+    return torch.device(setting)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -84,12 +106,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * tdist.get_world_size()
     tdist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` of rank ``src`` on every process."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -23,12 +23,9 @@ from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state,
 from training.config import TrainConfig
 from training.datasets import DetectionDataset, GlobalBatchSampler, collate
 from training.ema import ModelEMA
+from training.errors import TrainingError
 from training.hooks import HookBase
 from training.schedule import lr_factor, warmup_steps_for
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
 
 
 class Trainer:

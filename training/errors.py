@@ -6,6 +6,10 @@ import sys
 from collections.abc import Callable
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "your input is wrong" (shown as one line) rather than a bug (shown with a trace)."""
     from training.checkpoint import CheckpointError
@@ -29,15 +33,9 @@ def run_cli(prog: str, fn: Callable[[], int | None]) -> int:
     except user_error_types() as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except _training_error() as e:  # the run itself failed (e.g. non-finite loss): say why, exit 1
+    except TrainingError as e:  # the run itself failed (e.g. non-finite loss): say why, exit 1
         print(f"{prog}: training failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-
-
-def _training_error() -> type[BaseException]:
-    from training.engine import TrainingError
-
-    return TrainingError

@@ -210,14 +210,6 @@ def vocabulary_embeddings(
     return emb, texts
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
-
-
 def load_split(root: str, split: str):
     """``training.data.coco.load_coco_split`` with a clear error for a missing directory."""
     from training.data.coco import load_coco_split
@@ -290,7 +282,7 @@ def _main(args: argparse.Namespace) -> int:
     from training.checkpoint import build_from_checkpoint
     from training.plots import plot_pr_curves
 
-    device = resolve_device(args.device)
+    device = dist.resolve_device(args.device, key="--device")
     model, info = build_from_checkpoint(args.checkpoint, device, use_ema=not args.raw_weights)
     split = load_split(args.data, args.split)
     classes = resolve_classes(args.classes, info["class_names"], list(split.class_names))

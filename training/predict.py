@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from training.checkpoint import build_from_checkpoint
-    from training.evaluate import resolve_device
+    from training.dist import resolve_device
     from training.plots import draw_detections
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
     paths = list_images(args.source)
     model, info = build_from_checkpoint(args.checkpoint, device)
     vocabulary = resolve_vocabulary(info, args.classes, args.prompt)

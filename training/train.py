@@ -40,14 +40,6 @@ def log(info: dist.DistInfo, *msg: Any) -> None:
         print(*msg, flush=True)
 
 
-def resolve_device(setting: str, info_local_rank: int = 0) -> torch.device:
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but CUDA is not available on this machine")
-    return torch.device("cuda", info_local_rank)
-
-
 def preprocess_spec_for(
     model_config: Any, model: torch.nn.Module | None = None, crop: Any = None
 ) -> PreprocessSpec:
@@ -194,7 +186,7 @@ def run_training(
     if build_model is None:
         from training.model import build_model
     load_split = load_split or _load_split_default
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = dist.resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = dist.init_distributed(device.type)
     try:
         return _run(cfg, info, device, build_model, load_split, build_text_encoder)

@@ -11,11 +11,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from rtvp_edge.strict import StrictModel
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -27,7 +25,7 @@ def _resolve(v: str | None, info: ValidationInfo) -> str | None:
     return str(p.resolve())
 
 
-class OpcUaUser(_Strict):
+class OpcUaUser(StrictModel):
     """One OPC UA login: the password is read from the environment variable ``password_env`` at start."""
 
     username: str = Field(min_length=1)
@@ -45,7 +43,7 @@ class OpcUaUser(_Strict):
 SecurityPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
 
 
-class OpcUaConfig(_Strict):
+class OpcUaConfig(StrictModel):
     """``plc.opcua``: an OPC UA server with one object per station (node table: docs/plc.md)."""
 
     host: str = "0.0.0.0"
@@ -91,14 +89,14 @@ class OpcUaConfig(_Strict):
         return self
 
 
-class ModbusConfig(_Strict):
+class ModbusConfig(StrictModel):
     """``plc.modbus``: a Modbus TCP server (register map: docs/plc.md)."""
 
     host: str = "0.0.0.0"
     port: int = Field(502, ge=1, le=65535)
 
 
-class PlcConfig(_Strict):
+class PlcConfig(StrictModel):
     """``plc:``: what the PLC that rejects parts is told, and how.
 
     ``reject_deadline_ms``: from a part's trigger (its first camera frame; with ``trigger: plc`` the earlier

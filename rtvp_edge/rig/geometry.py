@@ -118,12 +118,6 @@ def container_profile(shape: str, image_size: tuple[int, int]) -> ContainerProfi
     )
 
 
-def relative_angle_deg(theta_deg: float, phi_deg: float) -> float:
-    """Angle of a surface point relative to a camera's line of sight, wrapped to (-180, 180]."""
-    a = (theta_deg - phi_deg + 180.0) % 360.0 - 180.0
-    return 180.0 if a == -180.0 else a
-
-
 def project_point(
     theta_deg: float, row: float, rho: float, phi_deg: float, cx: float
 ) -> tuple[float, float, float]:
