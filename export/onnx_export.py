@@ -22,6 +22,7 @@ from export.errors import ExportError
 
 OPSET = 17
 IMAGES, EMBEDDINGS, BOXES, SCORES = "images", "text_embeddings", "boxes", "scores"
+REGIONS = "region_embeddings"  # (B, N, D), vocabulary mode "input" only (rtvp-edge enroll)
 
 
 @contextlib.contextmanager
@@ -61,7 +62,8 @@ def export_onnx(
     """Export a wrapper from ``export.wrapper`` to ``path`` and check the file.
 
     Args:
-        wrapper: ``FoldedVocabulary`` (mode ``"folded"``) or ``InputVocabulary`` (mode ``"input"``), eval.
+        wrapper: ``FoldedVocabulary`` (mode ``"folded"``) or ``InputVocabulary`` (mode ``"input"``, with the
+            third output ``region_embeddings (B, N, D)``), eval.
         path: output .onnx file.
         mode: vocabulary mode, ``"folded"`` or ``"input"``.
         input_size: (H, W) of the model input.
@@ -72,11 +74,14 @@ def export_onnx(
     path = Path(path)
     images = torch.zeros(2, 3, *input_size)  # batch 2 so the tracer cannot specialise on a batch of 1
     dynamic = {IMAGES: {0: "batch"}, BOXES: {0: "batch"}, SCORES: {0: "batch"}}
+    outputs = [BOXES, SCORES]
     if mode == "input":
         args: tuple = (images, torch.zeros(*embedding_shape))
         names = [IMAGES, EMBEDDINGS]
         dynamic[EMBEDDINGS] = {0: "classes"}
         dynamic[SCORES] = {0: "batch", 2: "classes"}
+        outputs.append(REGIONS)  # what enrolment from example boxes needs
+        dynamic[REGIONS] = {0: "batch"}
     else:
         args, names = (images,), [IMAGES]
     with torch.no_grad(), warnings.catch_warnings(), trace_friendly_batch():
@@ -90,7 +95,7 @@ def export_onnx(
                 str(path),
                 dynamo=False,
                 input_names=names,
-                output_names=[BOXES, SCORES],
+                output_names=outputs,
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 do_constant_folding=True,

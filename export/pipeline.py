@@ -27,7 +27,7 @@ from export.calibration import CalibrationSet, build_calibration_set, is_dataset
 from export.errors import ExportError
 from export.golden import check_golden, rig_images, write_golden
 from export.int8_policy import DEFAULT_FLOAT_BLOCKS
-from export.onnx_export import EMBEDDINGS, IMAGES, export_onnx
+from export.onnx_export import EMBEDDINGS, IMAGES, REGIONS, export_onnx
 from export.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner
 from export.source import ExportSource
 from export.verify import parity
@@ -58,6 +58,7 @@ TARGETS = ("onnx", "openvino", "tensorrt")
 DEFAULT_STATIC_BATCH = 6
 VOCAB_MODES = ("folded", "input")
 EMBEDDINGS_FILE = "text_embeddings.npy"
+CENTER_FILE = "text_center.npy"
 
 
 CLASS_THRESHOLD_MODES = ("best-f1", "none")
@@ -321,6 +322,7 @@ def export_bundle(
         staging = BundleStaging(out, overwrite=options.overwrite)
         with staging as tmp:
             np.save(tmp / EMBEDDINGS_FILE, embeddings)
+            center_file = _write_text_center(tmp, source.model) if options.vocab_mode == "input" else None
             wrapper = build_wrapper(source.model, options.vocab_mode, emb_t)
             torch_runner = TorchRunner(wrapper, feed_emb)
             onnx_path = export_onnx(
@@ -536,6 +538,7 @@ def export_bundle(
                 ),
                 io=IOInfo(
                     embeddings_input=EMBEDDINGS if options.vocab_mode == "input" else None,
+                    region_output=REGIONS if options.vocab_mode == "input" else None,
                     image_input=IMAGES,
                     batch=static_batch if primary == "openvino" else -1,
                 ),
@@ -546,6 +549,7 @@ def export_bundle(
                     embeddings_file=EMBEDDINGS_FILE,
                     embeddings_sha256=sha256_file(tmp / EMBEDDINGS_FILE),
                     embedding_dim=int(embeddings.shape[1]),
+                    center_file=center_file,
                 ),
                 thresholds=thresholds,
                 artifacts=artifacts,
@@ -677,6 +681,16 @@ def _encoder_provenance(source) -> dict[str, str] | None:
     """The general encoder's provenance recorded by rtvp-train (None for older checkpoints)."""
     prov = source.provenance.get("general_encoder")
     return {str(k): str(v) for k, v in prov.items()} if isinstance(prov, dict) else None
+
+
+def _write_text_center(bundle_dir: Path, model: torch.nn.Module) -> str | None:
+    """Write the model's text centre (RTVPNet ``text_center`` (D,), subtracted from every class embedding in
+    the graph) for enrolment from exemplars; None when the model does not centre its text embeddings."""
+    center = getattr(model, "text_center", None)
+    if not isinstance(center, torch.Tensor):
+        return None
+    np.save(bundle_dir / CENTER_FILE, center.detach().float().cpu().numpy())
+    return CENTER_FILE
 
 
 def _version(source: ExportSource) -> str:

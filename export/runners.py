@@ -60,7 +60,7 @@ class OnnxRuntimeRunner:
         feeds = {IMAGES: np.ascontiguousarray(batch, dtype=np.float32)}
         if self.embeddings is not None:
             feeds[EMBEDDINGS] = self.embeddings
-        boxes, scores = self.session.run(None, feeds)
+        boxes, scores = self.session.run(["boxes", "scores"], feeds)  # an input-mode graph has a 3rd output
         return boxes, scores
 
 

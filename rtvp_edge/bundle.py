@@ -87,6 +87,10 @@ class IOInfo(StrictModel):
     embeddings_input: str | None = None  # (C, D) float32, only in vocabulary mode "input"
     boxes_output: str = "boxes"
     scores_output: str = "scores"
+    # (B, N, D) float32 L2-normalised region embedding of every anchor (row n: the box of row n), the
+    # vectors the head compares with the class embeddings; only in vocabulary mode "input" bundles
+    # exported with it (``rtvp-edge enroll`` needs it). None: older bundles, folded bundles.
+    region_output: str | None = None
     batch: int = -1  # -1: dynamic batch; else the fixed batch the artifact was compiled for
 
 
@@ -102,6 +106,13 @@ class VocabularyInfo(StrictModel):
     embeddings_file: str = "text_embeddings.npy"
     embeddings_sha256: str
     embedding_dim: int
+    # (D,) float32: the vector the graph subtracts from every class embedding before normalising it (RTVPNet's
+    # text centre, constant-folded into the graph); ``rtvp-edge enroll`` needs it to turn a region-space
+    # prototype into a class embedding. None: the graph does not centre (or an older bundle).
+    center_file: str | None = None
+    # How each class's embedding was made, by class name: absent = its prompt through ``text_encoder``;
+    # {"source": "exemplars", "examples": n, ...} = enrolled from n example boxes (``rtvp-edge enroll``).
+    enrolled: dict[str, dict] = {}
 
 
 class Thresholds(StrictModel):
@@ -313,6 +324,8 @@ def named_paths(manifest: BundleManifest) -> list[tuple[str, str]]:
             out.append((a.path[: -len(".xml")] + ".bin", f"{a.backend} artifact weights"))
     if manifest.vocabulary.mode == "input" or manifest.vocabulary.embeddings_file in manifest.files:
         out.append((manifest.vocabulary.embeddings_file, "vocabulary.embeddings_file"))
+    if manifest.vocabulary.center_file is not None:
+        out.append((manifest.vocabulary.center_file, "vocabulary.center_file"))
     out.extend((g.image, "golden image") for g in manifest.golden)
     return out
 

@@ -74,6 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="CPU", help="with --bundle: backend device")
     pr.add_argument("--score", type=float, default=None, help="with --bundle: minimum score for every class")
 
+    en = sub.add_parser(
+        "enroll",
+        help="add a defect type to an input-mode bundle from 1-10 example boxes (no retraining)",
+        description="Add a defect type to a bundle's vocabulary from example boxes on line images: its "
+        "embedding is the prototype of the model's region embeddings inside the boxes. The bundle is "
+        "rewritten (golden outputs, hashes), verified and replaced atomically; a signature is dropped.",
+    )
+    en.add_argument("--bundle", required=True, type=Path, help="bundle directory (vocabulary mode input)")
+    en.add_argument("--name", required=True, help="the new class name, as defect events will carry it")
+    en.add_argument(
+        "--examples",
+        required=True,
+        type=Path,
+        help="COCO json (images + boxes) or YAML/JSON list of {image, box: [x1, y1, x2, y2]}",
+    )
+    en.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of the examples' images (default: the file's folder)",
+    )
+    en.add_argument("--prompt", default=None, help="text recorded as the class's prompt")
+    en.add_argument("--out", type=Path, default=None, help="write the new bundle here (default: in place)")
+    en.add_argument("--backend", default=None, help="backend to compute with (default: the bundle's first)")
+
     li = sub.add_parser("listen", help="subscribe to a line's events and print them as a person reads them")
     li.add_argument("--line", required=True, type=Path, help="line configuration (YAML)")
     li.add_argument("--max", type=int, default=None, help="exit after this many messages")
@@ -282,6 +307,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from rtvp_edge.enrolment import enroll
+
+    done = enroll(
+        args.bundle,
+        args.name,
+        args.examples,
+        prompt=args.prompt,
+        out=args.out,
+        images_dir=args.images,
+        backend=args.backend,
+    )
+    m = done.result.manifest
+    print(
+        f"enrolled {done.name!r} from {done.examples} example boxes into {done.result.bundle}: "
+        f"{len(m.vocabulary.classes)} classes, score threshold {done.threshold:g} "
+        f"(exemplar scores {', '.join(f'{s:.3f}' for s in done.exemplar_scores)}); bundle verified"
+    )
+    if done.result.signature_dropped:
+        print(
+            "warning: the bundle was signed; the signature no longer matches and was removed: sign it "
+            "again (rtvp-export sign) before a line that checks signatures loads it",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from rtvp_edge.listen import run_listen
     from rtvp_edge.pipeline import station_ids
@@ -310,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "enroll":
+            return cmd_enroll(args)
         return cmd_listen(args)
     except (ConfigError, BundleError, MqttConfigError, MqttConnectError, OutboxError, BrokerError) as e:
         return _fail(str(e), EXIT_CONFIG)

@@ -82,8 +82,49 @@ class Backend(abc.ABC):
                 outs_b.append(b[:n])
                 outs_s.append(s[:n])
             boxes, scores = np.concatenate(outs_b), np.concatenate(outs_s)
-        self._check_outputs(batch.shape[0], boxes, scores)
+        self._check_outputs(batch.shape[0], boxes, scores, embeddings)
         return boxes, scores
+
+    def infer_regions(
+        self, batch: np.ndarray, embeddings: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the model and also return its region embeddings (what enrolment from example boxes needs).
+
+        Args:
+            batch: (B, 3, H, W) float32 preprocessed images.
+            embeddings: (C, D) float32 class embeddings (vocabulary mode ``input``).
+        Returns:
+            boxes (B, N, 4), scores (B, N, C), regions (B, N, D) float32 L2-normalised region embeddings.
+        Raises:
+            BundleError: the bundle's graph has no region-embedding output (``io.region_output``), e.g. a
+                folded bundle or one exported before it existed: re-export with ``--vocab-mode input``.
+        """
+        io = self.manifest.io
+        if io.region_output is None:
+            raise BundleError(
+                f"{self.name}: the bundle's graph has no region-embedding output (io.region_output): "
+                "re-export it with `rtvp-export --vocab-mode input`"
+            )
+        names = [io.boxes_output, io.scores_output, io.region_output]
+        fb = self.fixed_batch if self.fixed_batch > 0 else batch.shape[0]
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, batch.shape[0], fb):  # a static-batch artifact: chunks, the last padded with zeros
+            chunk = batch[i : i + fb]
+            n = chunk.shape[0]
+            if n < fb:
+                chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
+            parts.append([o[:n] for o in self._run_outputs(np.ascontiguousarray(chunk), embeddings, names)])
+        boxes, scores, regions = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        self._check_outputs(batch.shape[0], boxes, scores, embeddings)
+        if regions.shape[:2] != boxes.shape[:2]:
+            raise BundleError(f"{self.name}: region output has shape {regions.shape}, boxes {boxes.shape}")
+        return boxes, scores, regions
+
+    def _run_outputs(
+        self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
+    ) -> list[np.ndarray]:
+        """The named graph outputs for one batch the artifact accepts."""
+        raise BundleError(f"backend {self.name} cannot return extra graph outputs")
 
     def submit(self, batch: np.ndarray, embeddings: np.ndarray | None, callback: InferCallback) -> None:
         """Start inference of ``batch``; ``callback`` is called (possibly from another thread) when done.
@@ -107,8 +148,13 @@ class Backend(abc.ABC):
         """Backend name, device and input layout, for logs and the metrics event."""
         return {"backend": self.name, "fixed_batch": self.fixed_batch}
 
-    def _check_outputs(self, n: int, boxes: np.ndarray, scores: np.ndarray) -> None:
-        c = len(self.manifest.vocabulary.classes) if self.manifest else scores.shape[-1]
+    def _check_outputs(
+        self, n: int, boxes: np.ndarray, scores: np.ndarray, embeddings: np.ndarray | None = None
+    ) -> None:
+        if embeddings is not None:  # input mode: one score per class embedding given
+            c = embeddings.shape[0]
+        else:
+            c = len(self.manifest.vocabulary.classes) if self.manifest else scores.shape[-1]
         if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
             raise BundleError(f"{self.name}: boxes output has shape {boxes.shape}, expected ({n}, N, 4)")
         if scores.shape[:2] != boxes.shape[:2] or scores.shape[2] != c:

@@ -53,5 +53,14 @@ class OnnxRuntimeBackend(Backend):
         boxes, scores = self.session.run(self._outputs, feeds)
         return boxes, scores
 
+    def _run_outputs(
+        self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
+    ) -> list[np.ndarray]:
+        io = self.manifest.io
+        feeds = {io.image_input: batch}
+        if io.embeddings_input:
+            feeds[io.embeddings_input] = embeddings
+        return self.session.run(names, feeds)
+
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.session.get_providers()}

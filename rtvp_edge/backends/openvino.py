@@ -136,6 +136,13 @@ class OpenVINOBackend(Backend):
                 np.array(res[self.compiled.output(io.scores_output)]),
             )
 
+    def _run_outputs(
+        self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
+    ) -> list[np.ndarray]:
+        with self._lock:
+            res = self._request.infer(self._feeds(batch, embeddings))
+            return [np.array(res[self.compiled.output(n)]) for n in names]
+
     def submit(self, batch: np.ndarray, embeddings: np.ndarray | None, callback: InferCallback) -> None:
         n = batch.shape[0]
         if self.fixed_batch > 0 and n > self.fixed_batch:
@@ -145,15 +152,17 @@ class OpenVINOBackend(Backend):
             pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), dtype=np.float32)
             batch = np.concatenate([batch, pad])
         # start_async blocks while every request is busy: the bound on parts in flight.
-        self._queue.start_async(self._feeds(np.ascontiguousarray(batch), embeddings), (callback, n))
+        self._queue.start_async(
+            self._feeds(np.ascontiguousarray(batch), embeddings), (callback, n, embeddings)
+        )
 
     def _done(self, request, userdata) -> None:
-        callback, n = userdata
+        callback, n, embeddings = userdata
         io = self.manifest.io
         try:
             boxes = np.array(request.get_tensor(self.compiled.output(io.boxes_output)).data[:n])
             scores = np.array(request.get_tensor(self.compiled.output(io.scores_output)).data[:n])
-            self._check_outputs(n, boxes, scores)
+            self._check_outputs(n, boxes, scores, embeddings)
         except Exception as e:  # noqa: BLE001 - reported through the callback
             callback(None, None, e)
             return

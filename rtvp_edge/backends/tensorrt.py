@@ -147,6 +147,14 @@ class EngineRunner:
         self.context = self.engine.create_execution_context()
         self.stream = cuda.Stream()
 
+    def _other_outputs(self, outputs: list[str] | tuple[str, ...]) -> list[str]:
+        """The engine's output tensors not in ``outputs``."""
+        engine, trt = self.engine, self.trt
+        if not hasattr(engine, "num_io_tensors"):
+            return []
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        return [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT and n not in outputs]
+
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | tuple[str, ...]) -> list[np.ndarray]:
         cuda = self.cuda
         buffers, host_out = [], []
@@ -165,6 +173,17 @@ class EngineRunner:
                 buffers.append(d)
                 self.context.set_tensor_address(name, int(d))
                 host_out.append((host, d))
+            for name in self._other_outputs(outputs):
+                # every output needs an address (an input-mode graph also has region_embeddings): bound,
+                # computed, not copied back
+                shape = tuple(self.context.get_tensor_shape(name))
+                size = (
+                    int(np.prod(shape))
+                    * np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).itemsize
+                )
+                d = cuda.mem_alloc(max(size, 1))
+                buffers.append(d)
+                self.context.set_tensor_address(name, int(d))
             if not self.context.execute_async_v3(self.stream.handle):
                 raise TensorRTError("TensorRT execute_async_v3 failed")
             for host, d in host_out:
@@ -293,6 +312,20 @@ class TensorRTBackend(Backend):
             finally:
                 self._ctx.pop()
         return boxes, scores
+
+    def _run_outputs(
+        self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
+    ) -> list[np.ndarray]:
+        io = self.manifest.io
+        feeds = {io.image_input: batch}
+        if io.embeddings_input:
+            feeds[io.embeddings_input] = embeddings
+        with self._lock:
+            self._ctx.push()
+            try:
+                return self.runner.run(feeds, names)
+            finally:
+                self._ctx.pop()
 
     def close(self) -> None:
         ctx = getattr(self, "_ctx", None)
