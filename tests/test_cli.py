@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def test_run_parts_with_the_embedded_broker(tmp_path, bundle):
-    line = rig_line(tmp_path, bundle, free_port(), n=0)
+    line = rig_line(tmp_path, bundle, free_port(), n=0, timeout_s=30.0)  # a part waits for all six views
     line.write_text(line.read_text().replace("broker: external", "broker: embedded"))
     out = tmp_path / "v.jsonl"
     r = cli("run", "--line", str(line), "--parts", "3", "--jsonl", str(out))
