@@ -157,10 +157,20 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _runs_logged(self) -> int:
+        """How many times this broker's log says it is running (one line per successful start)."""
+        if not self.log_path.exists():
+            return 0
+        return sum(
+            1 for line in self.log_path.read_text(errors="replace").splitlines() if line.endswith(" running")
+        )
+
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
-        """Start (or restart, on the same port) and wait until the port accepts connections."""
+        """Start (or restart, on the same port) and wait until it logs that it runs (it listens: another
+        process on the port cannot pass for it) and the port accepts connections."""
         if self.running:
             return self
+        runs_before = self._runs_logged()
         self._process = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -168,14 +178,16 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                kind = PortInUse if "Address already in use" in err else RuntimeError
-                raise kind(f"mosquitto exited with {self._process.returncode}: {err}\n{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    if self._process.poll() is None:  # ours answers, not another process on the port
+                text = f"{err}\n{self.log_tail()}"  # mosquitto logs to stderr until its log file is open
+                kind = PortInUse if "Address already in use" in text else RuntimeError
+                raise kind(f"mosquitto exited with {self._process.returncode}: {text}")
+            if self._runs_logged() > runs_before:
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.2):
                         return self
-            except OSError:
-                time.sleep(0.05)
+                except OSError:
+                    pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"mosquitto did not open port {self.port} within {timeout} s\n{self.log_tail()}")
 
