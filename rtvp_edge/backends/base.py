@@ -66,22 +66,7 @@ class Backend(abc.ABC):
         """
         if batch.ndim != 4 or batch.dtype != np.float32:
             raise ValueError(f"expected a (B,3,H,W) float32 batch, got {batch.shape} {batch.dtype}")
-        fb = self.fixed_batch
-        if fb <= 0 or batch.shape[0] == fb:
-            boxes, scores = self._infer(np.ascontiguousarray(batch), embeddings)
-        else:
-            # A static-batch artifact: run it in chunks, padding the last with zeros.
-            outs_b, outs_s = [], []
-            for i in range(0, batch.shape[0], fb):
-                chunk = batch[i : i + fb]
-                n = chunk.shape[0]
-                if n < fb:
-                    pad = np.zeros((fb - n, *chunk.shape[1:]), dtype=np.float32)
-                    chunk = np.concatenate([chunk, pad])
-                b, s = self._infer(np.ascontiguousarray(chunk), embeddings)
-                outs_b.append(b[:n])
-                outs_s.append(s[:n])
-            boxes, scores = np.concatenate(outs_b), np.concatenate(outs_s)
+        boxes, scores = self._chunked(batch, lambda chunk: self._infer(chunk, embeddings))
         self._check_outputs(batch.shape[0], boxes, scores, embeddings)
         return boxes, scores
 
@@ -106,19 +91,28 @@ class Backend(abc.ABC):
                 "re-export it with `rtvp-export --vocab-mode input`"
             )
         names = [io.boxes_output, io.scores_output, io.region_output]
-        fb = self.fixed_batch if self.fixed_batch > 0 else batch.shape[0]
-        parts: list[list[np.ndarray]] = []
-        for i in range(0, batch.shape[0], fb):  # a static-batch artifact: chunks, the last padded with zeros
-            chunk = batch[i : i + fb]
-            n = chunk.shape[0]
-            if n < fb:
-                chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
-            parts.append([o[:n] for o in self._run_outputs(np.ascontiguousarray(chunk), embeddings, names)])
-        boxes, scores, regions = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        boxes, scores, regions = self._chunked(
+            batch, lambda chunk: self._run_outputs(chunk, embeddings, names)
+        )
         self._check_outputs(batch.shape[0], boxes, scores, embeddings)
         if regions.shape[:2] != boxes.shape[:2]:
             raise BundleError(f"{self.name}: region output has shape {regions.shape}, boxes {boxes.shape}")
         return boxes, scores, regions
+
+    def _chunked(self, batch: np.ndarray, run) -> list[np.ndarray]:
+        """``run(batch) -> outputs`` over batches the artifact accepts: a static-batch artifact runs in chunks
+        of its batch, the last padded with zeros; each output is cut back and concatenated."""
+        fb = self.fixed_batch
+        if fb <= 0 or batch.shape[0] == fb:
+            return list(run(np.ascontiguousarray(batch)))
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, batch.shape[0], fb):
+            chunk = batch[i : i + fb]
+            n = chunk.shape[0]
+            if n < fb:
+                chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
+            parts.append([o[:n] for o in run(np.ascontiguousarray(chunk))])
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
     def _run_outputs(
         self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]

@@ -43,14 +43,10 @@ class OnnxRuntimeBackend(Backend):
             raise BundleError(f"{path}: no input {io.image_input!r} (inputs: {sorted(names)})")
         b = names[io.image_input].shape[0]
         self.fixed_batch = b if isinstance(b, int) and b > 0 else -1
-        self._outputs = [io.boxes_output, io.scores_output]
 
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         io = self.manifest.io
-        feeds = {io.image_input: batch}
-        if io.embeddings_input:
-            feeds[io.embeddings_input] = embeddings
-        boxes, scores = self.session.run(self._outputs, feeds)
+        boxes, scores = self._run_outputs(batch, embeddings, [io.boxes_output, io.scores_output])
         return boxes, scores
 
     def _run_outputs(

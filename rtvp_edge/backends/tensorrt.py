@@ -302,15 +302,7 @@ class TensorRTBackend(Backend):
 
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         io = self.manifest.io
-        feeds = {io.image_input: batch}
-        if io.embeddings_input:
-            feeds[io.embeddings_input] = embeddings
-        with self._lock:
-            self._ctx.push()
-            try:
-                boxes, scores = self.runner.run(feeds, (io.boxes_output, io.scores_output))
-            finally:
-                self._ctx.pop()
+        boxes, scores = self._run_outputs(batch, embeddings, [io.boxes_output, io.scores_output])
         return boxes, scores
 
     def _run_outputs(
