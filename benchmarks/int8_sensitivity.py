@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
 import tempfile
 import time
@@ -61,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     graph = onnx.load(str(onnx_path), load_external_data=False)
     children = [n for n, _ in source.model.named_children()]
     node_names = [n.name for n in graph.graph.node]
-    import re
-
     blocks = [b for b in children if any(re.match(block_pattern(b), n) for n in node_names)]
     if args.blocks:
         blocks = [b for b in blocks if b in args.blocks]

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_name(),
         "date": time.strftime("%Y-%m-%d"),
         "bundle": str(args.bundle),
-        "score_threshold": args.score_threshold or "bundle",
+        "score_threshold": "bundle" if args.score_threshold is None else args.score_threshold,
         "rows": rows,
     }
     print("\n| seed | parts | located | right class | on a true defect | verdicts right | INCOMPLETE |")
