@@ -255,6 +255,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sinks.append(write_jsonl)
             pipeline = build_pipeline(config, part_sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
+            if hasattr(signal, "SIGHUP"):  # reload vocabulary and thresholds (docs/runtime.md, Reload)
+
+                def on_hup(signum, _frame):  # only queues the request: the reload thread does the work
+                    pipeline.request_reload("SIGHUP")
+
+                old.setdefault(signal.SIGHUP, signal.signal(signal.SIGHUP, on_hup))
             print(capacity_line(pipeline.capacity), file=sys.stderr)
             if pipeline.paced_rate_hz is not None:
                 print(f"the simulated line is paced to {pipeline.paced_rate_hz:.2f} parts/s", file=sys.stderr)
