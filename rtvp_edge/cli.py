@@ -17,11 +17,12 @@ import threading
 from pathlib import Path
 
 from rtvp_edge import __version__
-from rtvp_edge.broker import BrokerError
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.config import ConfigError, load_line_config
-from rtvp_edge.mqtt import MqttConfigError, MqttConnectError
-from rtvp_edge.outbox import OutboxError
+from rtvp_edge.messaging.broker import BrokerError
+from rtvp_edge.messaging.client import MqttConnectError
+from rtvp_edge.messaging.config import MqttConfigError
+from rtvp_edge.messaging.outbox import OutboxError
 
 log = logging.getLogger("rtvp_edge")
 
@@ -216,8 +217,8 @@ def capacity_line(capacity) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rtvp_edge.broker import broker_for
     from rtvp_edge.live import LiveLine
+    from rtvp_edge.messaging.broker import broker_for
     from rtvp_edge.pipeline import build_pipeline
     from rtvp_edge.verdict import verdict_record
 
@@ -341,7 +342,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from rtvp_edge.listen import run_listen
+    from rtvp_edge.messaging.listen import run_listen
     from rtvp_edge.pipeline import station_ids
 
     config = load_line_config(args.line)

@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from rtvp_edge.mqtt import MqttConfig  # the ``mqtt:`` section (schema owned by rtvp_edge/mqtt.py)
-from rtvp_edge.plc.config import PlcConfig  # the ``plc:`` section (schema only; servers in rtvp_edge/plc)
+from rtvp_edge.messaging.config import MqttConfig  # the ``mqtt:`` section (schema only, no network client)
+from rtvp_edge.messaging.plc.config import PlcConfig  # the ``plc:`` section (schema; servers beside it)
 from rtvp_edge.station import ID_PATTERN, StationIds
 from rtvp_edge.strict import StrictModel
 

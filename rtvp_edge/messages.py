@@ -161,7 +161,7 @@ class PartVerdict:
         decided_time: when the verdict was decided (UTC epoch seconds).
         latency_ms: per-stage latencies, e.g. {"inference": 41.2, "trigger_to_verdict": 180.3}.
         plc: what the PLC was told for this part when the line has a ``plc:`` section, e.g. {"signal":
-            "REJECT", "reason": "deadline", "late": True, ...} (``rtvp_edge.plc.station``); None without.
+            "REJECT", "reason": "deadline", "late": True, ...} (``rtvp_edge.messaging.plc.station``); None without.
     """
 
     part_id: str

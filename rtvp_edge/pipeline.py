@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rtvp_edge.artifact_choice import (
     CACHE_FILE,
@@ -39,23 +40,26 @@ from rtvp_edge.artifact_choice import (
     paced_rate,
     part_timer,
 )
-from rtvp_edge.assembler import AssembledPart, PartAssembler, PlcPartIds, TimePairing
+from rtvp_edge.assembler import AssembledPart, PartAssembler, TimePairing
 from rtvp_edge.backends import Backend, load_backend, load_embeddings
 from rtvp_edge.bundle import Artifact, BundleManifest, load_manifest, sha256_file
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.detection_filter import DetectionFilter
-from rtvp_edge.events import StationIds
 from rtvp_edge.evidence import EvidenceWriter
 from rtvp_edge.hard_samples import HardSampleWriter
 from rtvp_edge.inference import PartInference
 from rtvp_edge.messages import CameraSource, Frame, InferredPart, PartVerdict, ViewResult
+from rtvp_edge.messaging.outbox import OutboxFullError
 from rtvp_edge.metrics import RuntimeMetrics
-from rtvp_edge.mqtt import EventPublisher
-from rtvp_edge.outbox import OutboxFullError
 from rtvp_edge.reload import LineModel, ReloadError, prepare_reload
 from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
+from rtvp_edge.station import StationIds
 from rtvp_edge.verdict import VerdictRules
+
+if TYPE_CHECKING:  # the network clients are imported only by build_pipeline, when a line uses them
+    from rtvp_edge.messaging.part_ids import PlcPartIds
+    from rtvp_edge.messaging.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ class Pipeline:
         plc: started PLC part-id subscription (``assembly.part_id: plc``), stopped by ``close``.
         part_sinks: like ``sinks`` but called as ``sink(verdict, frames)`` with the part's frames (images,
             capture metadata, the simulated rig's ground truth), e.g. ``--jsonl``.
-        plc_station: optional started ``rtvp_edge.plc.PlcStation`` (the line file's ``plc:``): sees every
+        plc_station: optional started ``rtvp_edge.messaging.plc.PlcStation`` (the line file's ``plc:``): sees every
             accepted frame (arms the part's reject deadline) and every verdict first (signals the PLC),
             stopped by ``close``.
         hard_samples: optional ``HardSampleWriter`` (the line file's ``hard_samples:``): sees every verdict
@@ -937,6 +941,8 @@ def build_pipeline(
             publisher = _build_publisher(config, info)
         plc = None
         if config.assembly.part_id == "plc":
+            from rtvp_edge.messaging.part_ids import PlcPartIds
+
             ids = config.line
             plc = PlcPartIds(
                 config.mqtt, config.assembly.plc_topic, f"rtvp-{ids.site}-{ids.line}-{ids.station}-plc"
@@ -993,6 +999,8 @@ def station_ids(config: LineConfig) -> StationIds:
 def _build_publisher(config: LineConfig, info: dict) -> EventPublisher:
     """The MQTT publisher (not started: ``Pipeline`` owners call ``start()``, which may raise
     ``MqttConnectError`` for refused credentials)."""
+    from rtvp_edge.messaging.publisher import EventPublisher
+
     return EventPublisher(config.mqtt, station_ids(config), info)
 
 
@@ -1020,8 +1028,8 @@ def _start_exporter(config: LineConfig, pipeline: Pipeline) -> None:
 def _check_reject_deadline(config: LineConfig, inference: PartInference) -> None:
     """Time one part's inference (warm-up + 3 runs) against ``plc.reject_deadline_ms``: shorter than the
     best run is a ``ConfigError`` naming the key, shorter than 2x the median a warning (docs/plc.md)."""
-    from rtvp_edge.plc import PlcStartError
-    from rtvp_edge.plc.deadline import check_deadline, time_part_inference
+    from rtvp_edge.messaging.plc import PlcStartError
+    from rtvp_edge.messaging.plc.deadline import check_deadline, time_part_inference
 
     sizes = [(c.resolution.height, c.resolution.width) for c in config.cameras if c.resolution]
     size = max(sizes) if len(sizes) == len(config.cameras) else None  # unknown: the model's input size
@@ -1035,7 +1043,7 @@ def _check_reject_deadline(config: LineConfig, inference: PartInference) -> None
 def _build_plc_station(config: LineConfig, manifest: BundleManifest):
     """The line file's ``plc:`` servers around one ``PlcStation`` (started). A server that cannot start
     (port in use, password variable unset, bad certificate) is a ``ConfigError`` naming the key."""
-    from rtvp_edge.plc import PlcStartError, build_plc_station
+    from rtvp_edge.messaging.plc import PlcStartError, build_plc_station
 
     try:
         return build_plc_station(

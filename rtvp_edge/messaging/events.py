@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rtvp_edge.messages import PartVerdict
-from rtvp_edge.outbox import OutgoingEvent
+from rtvp_edge.messaging.outbox import OutgoingEvent
 from rtvp_edge.station import StationIds  # where the events come from
 
 EVENT_SCHEMA_VERSION = "1.1"  # 1.1: optional verdict.plc (what the PLC was told)
