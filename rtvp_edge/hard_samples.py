@@ -81,8 +81,8 @@ class HardSampleWriter:
         status: ``(component, state, message)`` callback for disk errors and recovery.
         coco_every_s: the COCO file is rewritten when the queue runs empty or this long after the last write.
     Attributes:
-        kept, written, skipped, errors, pruned: parts queued, images written, parts skipped (queue full),
-            parts that failed on disk, images dropped by the bound.
+        kept, written, skipped, errors, coco_errors, pruned: parts queued, images written, parts skipped
+            (queue full), parts that failed on disk, failed writes of the COCO file, images dropped by the bound.
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class HardSampleWriter:
         self._files: collections.deque[tuple[float, Path, int, int | None]] = collections.deque()
         self._bytes = 0
         self._next_image = self._next_ann = 1
-        self.kept = self.written = self.skipped = self.errors = self.pruned = 0
+        self.kept = self.written = self.skipped = self.errors = self.coco_errors = self.pruned = 0
         self._failing = False
         self._dirty = False
         self._restore()
@@ -170,6 +170,7 @@ class HardSampleWriter:
             "written": self.written,
             "skipped": self.skipped,
             "errors": self.errors,
+            "coco_errors": self.coco_errors,
             "pruned": self.pruned,
             "images": len(self._files),
             "bytes": self._bytes,
@@ -338,7 +339,7 @@ class HardSampleWriter:
         try:
             self._write_coco()
         except Exception as e:  # noqa: BLE001
-            self.errors += 1
+            self.coco_errors += 1
             log.warning("hard samples: %s not written: %s", self.coco_path, e)
             if not self._failing:
                 self._failing = True
