@@ -183,7 +183,8 @@ class Pipeline:
         self._refusal: str | None = None
         self._threads: list[threading.Thread] = []
         self._reload_thread: threading.Thread | None = None
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._swap_lock = threading.Lock()  # a swap never falls inside a part's submit
         # set by build_pipeline: the artifact chosen, what the box sustains, the rate a sim line was paced to
         self.artifact_choice: ArtifactChoice | None = None
         self.capacity: Capacity | None = None
@@ -259,11 +260,14 @@ class Pipeline:
     def _inference_stage(self) -> None:
         try:
             while (part := self.part_queue.get()) is not _SENTINEL:
-                lm = self.model  # read once: the whole part goes with one vocabulary, whatever a reload swaps
-                try:
-                    self.inference.submit(part, functools.partial(self._on_inferred, model=lm), lm.vocabulary)
-                except Exception as e:  # preprocessing or submit failed: that part is INCOMPLETE
-                    self._on_inferred(part, None, e, {}, lm)
+                # one LineModel per part: submit reads the inference's vocabulary, which a reload swaps
+                # together with self.model under this lock (it waits while a submit blocks on the backend)
+                with self._swap_lock:
+                    lm = self.model
+                    try:
+                        self.inference.submit(part, functools.partial(self._on_inferred, model=lm))
+                    except Exception as e:  # preprocessing or submit failed: that part is INCOMPLETE
+                        self._on_inferred(part, None, e, {}, lm)
             self.inference.wait_all()
         except Exception as e:
             self.metrics.stage_errors["inference"] += 1
@@ -433,8 +437,9 @@ class Pipeline:
                 self.reloads.append(outcome)
                 return outcome
             # the swap: parts submitted from here on use ``new``; those in flight finish with ``running``
-            self.model = new
-            self.inference.swap(new.vocabulary)
+            with self._swap_lock:  # between two submits (see _inference_stage)
+                self.model = new
+                self.inference.swap(new.vocabulary)
             self.verdict_rules, self.model_info = new.verdict_rules, new.info
             if self.hard_samples is not None:
                 self.hard_samples.set_vocabulary(new.vocabulary.class_names, new.info)

@@ -367,3 +367,46 @@ def test_sighup_refuses_a_corrupt_or_other_model_bundle_and_swaps_a_good_one(
     sub.close()
     switch = shas.index(new_sha)
     assert set(shas[:switch]) == {old_sha} and set(shas[switch:]) == {new_sha}
+
+
+def test_a_class_change_is_refused_while_plc_servers_run_and_thresholds_still_reload(
+    bundle, glass_data, tmp_path
+):
+    """prepare_reload alone (no running line): with PLC servers (fixed_classes) a new class is refused, naming
+    why; the same bundle is accepted without them."""
+    from rtvp_edge.reload import ReloadError, prepare_reload
+
+    camera, _ = replay_folder(glass_data, tmp_path, crack_boxes=1, others=1)
+    line = reload_line(tmp_path, bundle, camera, 1883, hs=False)
+    p = build_pipeline(load_line_config(line), use_mqtt=False)
+    try:
+        examples = _coco_examples(glass_data, tmp_path, n=1)
+        images = str(glass_data / "Images" / "val")
+        assert (
+            edge_main(
+                [
+                    "enroll",
+                    "--bundle",
+                    str(bundle),
+                    "--name",
+                    NEW,
+                    "--examples",
+                    str(examples),
+                    "--images",
+                    images,
+                ]
+            )
+            == 0
+        )
+        with pytest.raises(ReloadError, match="PLC servers"):
+            prepare_reload(p.model, line, p.inference.backend, fixed_classes=True)
+        new = prepare_reload(p.model, line, p.inference.backend)
+        assert new.vocabulary.class_names[-1] == NEW and new.generation == 1
+        assert (
+            new.info["bundle_sha256"]
+            == sha256_file(bundle / "manifest.json")
+            != p.model.info["bundle_sha256"]
+        )
+        assert p.model.generation == 0  # preparing swaps nothing
+    finally:
+        p.close()
