@@ -29,9 +29,10 @@ import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtvp_edge.events import RunningModel, StationIds, verdict_events  # noqa: E402
-from rtvp_edge.mqtt import EventPublisher, MqttConfig  # noqa: E402
-from rtvp_edge.outbox import Outbox  # noqa: E402
+from rtvp_edge.messaging.config import MqttConfig  # noqa: E402
+from rtvp_edge.messaging.events import RunningModel, StationIds, verdict_events  # noqa: E402
+from rtvp_edge.messaging.outbox import Outbox  # noqa: E402
+from rtvp_edge.messaging.publisher import EventPublisher  # noqa: E402
 from tests.mqtt_broker import MODEL_INFO, MosquittoBroker, find_mosquitto, make_verdict  # noqa: E402
 
 STATION = StationIds("bench", "glass", "st1")

@@ -239,7 +239,7 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen, int]:
 def bench_latency(bundle: Path, tmp: Path, frames, threads: int, parts: int, rate_hz: float) -> dict:
     import paho.mqtt.client as paho
 
-    from rtvp_edge.events import utc_iso  # noqa: F401 - same clock format as the payloads
+    from rtvp_edge.messaging.events import utc_iso  # noqa: F401 - same clock format as the payloads
 
     broker, port = start_mosquitto(tmp)
     arrivals: list[float] = []

@@ -78,7 +78,7 @@ def opcua_client(port: int, poll_s: float, seen: dict, stop: threading.Event) ->
 def modbus_client(port: int, poll_s: float, seen: dict, stop: threading.Event) -> None:
     from pymodbus.client import ModbusTcpClient
 
-    from rtvp_edge.plc import modbus as m
+    from rtvp_edge.messaging.plc import modbus as m
 
     c = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
     assert c.connect()

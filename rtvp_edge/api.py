@@ -239,7 +239,7 @@ def run_line(
     ``stop_event`` is set, or when the sources end. The embedded broker is started when the line asks."""
     import contextlib
 
-    from rtvp_edge.broker import broker_for
+    from rtvp_edge.messaging.broker import broker_for
     from rtvp_edge.pipeline import build_pipeline
 
     config = load_line_config(line_file)

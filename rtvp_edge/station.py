@@ -1,5 +1,5 @@
 """Who is speaking: the site, line and station ids of a line file's ``line:`` section, also carried in every
-MQTT event (``rtvp_edge.events``) and its default topic root ``rtvp/<site>/<line>/<station>``."""
+MQTT event (``rtvp_edge.messaging.events``) and its default topic root ``rtvp/<site>/<line>/<station>``."""
 
 from __future__ import annotations
 

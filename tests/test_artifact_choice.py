@@ -438,7 +438,7 @@ def test_a_real_line_faster_than_the_box_keeps_its_rate_and_names_the_reason_for
 
 
 def test_the_online_status_carries_the_choice_and_the_capacity_and_validates(tmp_path, monkeypatch):
-    from rtvp_edge.events import StationIds, status_payload, validate_payload
+    from rtvp_edge.messaging.events import StationIds, status_payload, validate_payload
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = load_line_config(sim_line(tmp_path, make_toy_bundle(tmp_path / "bundle")))

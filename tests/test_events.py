@@ -7,7 +7,7 @@ import copy
 import jsonschema
 import pytest
 
-from rtvp_edge.events import (
+from rtvp_edge.messaging.events import (
     RunningModel,
     StationIds,
     metrics_payload,

@@ -24,7 +24,7 @@ from test_pipeline import CAMS, line_file, part_image
 from test_pipeline_mqtt import rig_line
 
 from rtvp_edge.config import ConfigError, load_line_config
-from rtvp_edge.outbox import Outbox
+from rtvp_edge.messaging.outbox import Outbox
 from rtvp_edge.pipeline import build_pipeline
 
 pytestmark = [pytest.mark.timeout(180)]

@@ -9,8 +9,11 @@ import time
 
 import pytest
 
-from rtvp_edge.listen import format_event, metrics_summary, run_listen
-from rtvp_edge.mqtt import EventPublisher, MqttConfig, MqttConnectError, StationIds
+from rtvp_edge.messaging.client import MqttConnectError
+from rtvp_edge.messaging.config import MqttConfig
+from rtvp_edge.messaging.listen import format_event, metrics_summary, run_listen
+from rtvp_edge.messaging.publisher import EventPublisher
+from rtvp_edge.station import StationIds
 from tests.mqtt_broker import MODEL_INFO, MosquittoBroker, find_mosquitto, free_port, make_verdict
 
 pytestmark = pytest.mark.mqtt

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rtvp_edge.mqtt import EventPublisher, MqttConfig, MqttConfigError, MqttConnectError, StationIds
+from rtvp_edge.messaging.client import MqttConnectError
+from rtvp_edge.messaging.config import MqttConfig, MqttConfigError
+from rtvp_edge.messaging.publisher import EventPublisher
+from rtvp_edge.station import StationIds
 from tests.mqtt_broker import MODEL_INFO, Collector, make_verdict
 
 pytestmark = pytest.mark.mqtt

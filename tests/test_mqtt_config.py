@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rtvp_edge.mqtt import MqttConfig, MqttConfigError
+from rtvp_edge.messaging.config import MqttConfig, MqttConfigError
 
 
 def test_defaults_are_the_demo():
@@ -74,6 +74,6 @@ def test_loader_context_resolves_relative_paths(tmp_path):
 
 
 def test_station_root():
-    from rtvp_edge.events import StationIds
+    from rtvp_edge.messaging.events import StationIds
 
     assert MqttConfig().station_root(StationIds("p", "l", "s")) == "rtvp/p/l/s"

@@ -9,9 +9,11 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from rtvp_edge.broker import BrokerError, EmbeddedBroker, broker_for
-from rtvp_edge.events import validate_payload
-from rtvp_edge.mqtt import EventPublisher, MqttConfig, StationIds
+from rtvp_edge.messaging.broker import BrokerError, EmbeddedBroker, broker_for
+from rtvp_edge.messaging.config import MqttConfig
+from rtvp_edge.messaging.events import validate_payload
+from rtvp_edge.messaging.publisher import EventPublisher
+from rtvp_edge.station import StationIds
 from tests.mqtt_broker import MODEL_INFO, free_port, make_verdict
 
 

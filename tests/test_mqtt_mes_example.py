@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from rtvp_edge.events import RunningModel, StationIds, verdict_events
+from rtvp_edge.messaging.events import RunningModel, StationIds, verdict_events
 from tests.mqtt_broker import MODEL_INFO, make_verdict
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mes_subscriber.py"

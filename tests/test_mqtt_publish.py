@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from rtvp_edge.events import validate_payload
-from rtvp_edge.mqtt import EventPublisher, MqttConfig, StationIds, build_client
+from rtvp_edge.messaging.client import build_client
+from rtvp_edge.messaging.config import MqttConfig
+from rtvp_edge.messaging.events import validate_payload
+from rtvp_edge.messaging.publisher import EventPublisher
+from rtvp_edge.station import StationIds
 from tests.mqtt_broker import MODEL_INFO, Collector, make_verdict
 
 pytestmark = pytest.mark.mqtt
@@ -134,7 +137,9 @@ PUBLISHER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {root!r})
-    from rtvp_edge.mqtt import EventPublisher, MqttConfig, StationIds
+    from rtvp_edge.messaging.config import MqttConfig
+    from rtvp_edge.messaging.publisher import EventPublisher
+    from rtvp_edge.station import StationIds
     from tests.mqtt_broker import MODEL_INFO, make_verdict
     cfg = MqttConfig.model_validate_json({config!r})
     first, count, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])

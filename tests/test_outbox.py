@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from rtvp_edge.outbox import Outbox, OutboxError, OutboxFullError, OutgoingEvent
+from rtvp_edge.messaging.outbox import Outbox, OutboxError, OutboxFullError, OutgoingEvent
 
 
 def _events(n: int, tag: str = "e", size: int = 0) -> list[OutgoingEvent]:
@@ -107,7 +107,7 @@ def test_one_process_per_outbox(tmp_path):
     first = Outbox(path)
     script = (
         "import sys; sys.path.insert(0, '.');"
-        "from rtvp_edge.outbox import Outbox, OutboxError\n"
+        "from rtvp_edge.messaging.outbox import Outbox, OutboxError\n"
         f"try:\n    Outbox({str(path)!r})\nexcept OutboxError as e:\n    print(e); sys.exit(3)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

@@ -14,7 +14,7 @@ import pytest
 from test_backends import make_toy_bundle
 
 from rtvp_edge.config import load_line_config
-from rtvp_edge.events import validate_payload
+from rtvp_edge.messaging.events import validate_payload
 from rtvp_edge.pipeline import build_pipeline
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]

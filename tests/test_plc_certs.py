@@ -1,4 +1,4 @@
-"""``rtvp_edge.plc.certs``: the self-signed OPC UA application certificates hold what OPC UA requires (the
+"""``rtvp_edge.messaging.plc.certs``: the self-signed OPC UA application certificates hold what OPC UA requires (the
 application URI in subjectAltName, the right extended key usage), the key matches and is private; the
 command line writes both files."""
 
@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from rtvp_edge.plc import certs
+from rtvp_edge.messaging.plc import certs
 
 
 def load(cert_path, key_path):

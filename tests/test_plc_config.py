@@ -14,7 +14,7 @@ from test_backends import make_toy_bundle
 from rtvp_edge import cli
 from rtvp_edge.config import ConfigError, load_line_config
 from rtvp_edge.messages import Detection, Frame, PartVerdict, ViewResult
-from rtvp_edge.plc.station import PlcStation
+from rtvp_edge.messaging.plc.station import PlcStation
 
 pytestmark = [pytest.mark.timeout(120)]
 

@@ -15,9 +15,9 @@ from test_backends import make_toy_bundle
 from rtvp_edge import cli
 from rtvp_edge.backends.openvino import OpenVINOBackend
 from rtvp_edge.config import load_line_config
+from rtvp_edge.messaging.plc import PlcStartError
+from rtvp_edge.messaging.plc.deadline import PartTiming, check_deadline
 from rtvp_edge.pipeline import build_pipeline
-from rtvp_edge.plc import PlcStartError
-from rtvp_edge.plc.deadline import PartTiming, check_deadline
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -35,7 +35,7 @@ def test_check_deadline_error_warning_or_nothing(caplog):
     assert str(e.value).startswith("line.yaml: plc.reject_deadline_ms: 39 ms is shorter than")
     assert "40.0 ms at best, 50.0 ms median over 3 timed runs" in str(e.value)
     assert "6 views of 700x820" in str(e.value)
-    with caplog.at_level(logging.WARNING, logger="rtvp_edge.plc.deadline"):
+    with caplog.at_level(logging.WARNING, logger="rtvp_edge.messaging.plc.deadline"):
         warning = check_deadline(40.0, TIMING)  # the best case fits, the typical one with headroom not
     assert warning and warning.startswith("plc.reject_deadline_ms: 40 ms leaves little room")
     assert "50.0 ms median" in warning and warning in caplog.text
@@ -69,10 +69,10 @@ def test_deadline_with_little_headroom_warns_naming_key_and_time(tmp_path, bundl
     monkeypatch.setattr(OpenVINOBackend, "_infer", slow_infer)
     rec = recorded_line(tmp_path, 1, set())
     plc = f"  reject_deadline_ms: {deadline_ms}\n  modbus: {{host: 127.0.0.1, port: {free_port()}}}\n"
-    with caplog.at_level(logging.WARNING, logger="rtvp_edge.plc.deadline"):
+    with caplog.at_level(logging.WARNING, logger="rtvp_edge.messaging.plc.deadline"):
         p = build_pipeline(load_line_config(line_file(tmp_path, bundle, rec, plc, None)), use_mqtt=False)
     p.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "rtvp_edge.plc.deadline"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rtvp_edge.messaging.plc.deadline"]
     assert len(warnings) == 1, warnings
     assert f"plc.reject_deadline_ms: {deadline_ms} ms leaves little room" in warnings[0]
     assert "3 views of 80x80" in warnings[0] and " ms median over 3 timed runs" in warnings[0]
@@ -81,9 +81,9 @@ def test_deadline_with_little_headroom_warns_naming_key_and_time(tmp_path, bundl
 def test_comfortable_deadline_starts_without_warning(tmp_path, bundle, caplog):
     rec = recorded_line(tmp_path, 1, set())
     plc = f"  reject_deadline_ms: 60000\n  modbus: {{host: 127.0.0.1, port: {free_port()}}}\n"
-    with caplog.at_level(logging.INFO, logger="rtvp_edge.plc.deadline"):
+    with caplog.at_level(logging.INFO, logger="rtvp_edge.messaging.plc.deadline"):
         p = build_pipeline(load_line_config(line_file(tmp_path, bundle, rec, plc, None)), use_mqtt=False)
     p.close()
-    records = [r for r in caplog.records if r.name == "rtvp_edge.plc.deadline"]
+    records = [r for r in caplog.records if r.name == "rtvp_edge.messaging.plc.deadline"]
     assert [r.levelno for r in records] == [logging.INFO]
     assert "plc.reject_deadline_ms 60000 ms: one part (3 views of 80x80)" in records[0].getMessage()

@@ -19,8 +19,8 @@ from plc_helpers import (
 from pymodbus.client import ModbusTcpClient
 from test_backends import TOY_CLASSES, make_toy_bundle
 
-from rtvp_edge.plc import modbus as m
-from rtvp_edge.plc.station import VERDICT_DEADLINE
+from rtvp_edge.messaging.plc import modbus as m
+from rtvp_edge.messaging.plc.station import VERDICT_DEADLINE
 
 pytestmark = [pytest.mark.timeout(240)]
 

@@ -24,7 +24,7 @@ from plc_helpers import (
 )
 from test_backends import TOY_CLASSES, make_toy_bundle
 
-from rtvp_edge.plc.certs import make_certificate
+from rtvp_edge.messaging.plc.certs import make_certificate
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -237,7 +237,7 @@ def test_wrong_password_untrusted_certificate_and_anonymous_are_refused(
     p, gate, _ = gated_pipeline(
         line_file(tmp_path, bundle, rec, opcua_yaml(port, certs), None), rec, use_mqtt=False
     )
-    caplog.set_level(logging.WARNING, logger="rtvp_edge.plc.opcua")
+    caplog.set_level(logging.WARNING, logger="rtvp_edge.messaging.plc.opcua")
     try:
         with pytest.raises(ua.UaStatusCodeError) as wrong:
             asyncio.run(connect(port, certs["client"], password="guess"))

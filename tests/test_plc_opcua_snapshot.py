@@ -18,9 +18,9 @@ import pytest
 from asyncua import Client, ua
 from plc_helpers import free_port
 
-from rtvp_edge.plc.config import OpcUaConfig
-from rtvp_edge.plc.opcua import NODES, OpcUaServer
-from rtvp_edge.plc.station import PlcResult, PlcStation
+from rtvp_edge.messaging.plc.config import OpcUaConfig
+from rtvp_edge.messaging.plc.opcua import NODES, OpcUaServer
+from rtvp_edge.messaging.plc.station import PlcResult, PlcStation
 
 pytestmark = [pytest.mark.timeout(240)]
 

@@ -26,9 +26,9 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-from rtvp_edge.plc.config import OpcUaConfig
-from rtvp_edge.plc.errors import PlcStartError, check_port
-from rtvp_edge.plc.station import PlcResult, PlcStation
+from rtvp_edge.messaging.plc.config import OpcUaConfig
+from rtvp_edge.messaging.plc.errors import PlcStartError, check_port
+from rtvp_edge.messaging.plc.station import PlcResult, PlcStation
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A plant usually issues certificates from its own CA; until then ``make_certificate`` writes a self-signed
 one with the application URI in its subjectAltName, as OPC UA requires (OPC 10000-6 6.2.2)::
 
-    python -m rtvp_edge.plc.certs --out certs --uri urn:rtvp-edge:server --server
+    python -m rtvp_edge.messaging.plc.certs --out certs --uri urn:rtvp-edge:server --server
 """
 
 from __future__ import annotations

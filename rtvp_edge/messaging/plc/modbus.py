@@ -18,9 +18,9 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.server import ModbusTcpServer
 
-from rtvp_edge.plc.config import ModbusConfig
-from rtvp_edge.plc.errors import PlcStartError, check_port
-from rtvp_edge.plc.station import PlcResult, PlcStation
+from rtvp_edge.messaging.plc.config import ModbusConfig
+from rtvp_edge.messaging.plc.errors import PlcStartError, check_port
+from rtvp_edge.messaging.plc.station import PlcResult, PlcStation
 
 log = logging.getLogger(__name__)
 

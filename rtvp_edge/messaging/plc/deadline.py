@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtvp_edge.plc.errors import PlcStartError
+from rtvp_edge.messaging.plc.errors import PlcStartError
 from rtvp_edge.preprocess import preprocess
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""MQTT publishing: the line configuration's ``mqtt:`` section and the ``EventPublisher``.
+"""MQTT publishing: the ``EventPublisher`` (the ``mqtt:`` section's schema is ``messaging/config.py``).
 
 Delivery guarantee (DESIGN.md "Events on MQTT"): at least once, in order, nothing lost silently.
 
@@ -24,253 +24,30 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import ssl
 import threading
 import time
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as paho
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from rtvp_edge.events import (
+from rtvp_edge.messages import PartVerdict
+from rtvp_edge.messaging.client import MqttConnectError, build_client, tls_hint
+from rtvp_edge.messaging.config import MqttConfig
+from rtvp_edge.messaging.events import (
     RunningModel,
-    StationIds,
     metrics_payload,
     status_payload,
     topic_root,
     verdict_events,
 )
-from rtvp_edge.messages import PartVerdict
-from rtvp_edge.outbox import Outbox
-from rtvp_edge.strict import StrictModel
+from rtvp_edge.messaging.outbox import Outbox
+from rtvp_edge.station import StationIds
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "EventPublisher",
-    "MqttConfig",
-    "MqttConfigError",
-    "MqttConnectError",
-    "OutboxConfig",
-    "StationIds",
-    "TlsConfig",
-    "build_client",
-]
-
-
-class MqttConfigError(ValueError):
-    """The ``mqtt:`` configuration cannot be used (message names the key and the value)."""
-
-
-class MqttConnectError(RuntimeError):
-    """The broker refused us (CONNACK: bad user name or password / not authorized) or TLS failed.
-
-    Not raised for a broker that is merely unreachable: events then wait in the outbox.
-    """
-
-
-def _against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
-    """Relative paths resolve against ``context["base_dir"]`` when the caller validates with one
-    (the line-config loader passes the line file's directory), else they stay as written."""
-    if value is None or value.is_absolute() or str(value) == ":memory:":
-        return value
-    base = (info.context or {}).get("base_dir")
-    return Path(base) / value if base is not None else value
-
-
-class TlsConfig(StrictModel):
-    """TLS towards the broker.
-
-    Args:
-        ca: CA certificate (PEM) the broker's certificate must chain to; None: the system's CAs.
-        cert: client certificate (PEM), for brokers that require client certificates.
-        key: the client certificate's private key (PEM).
-        insecure: do not check that the broker's certificate names ``host`` (the chain is still
-            verified). Only for brokers reached by an address their certificate does not list.
-    """
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    insecure: bool = False
-
-    _paths = field_validator("ca", "cert", "key")(_against_base_dir)
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> TlsConfig:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("mqtt.tls: give both 'cert' and 'key' for a client certificate, or neither")
-        return self
-
-
-class OutboxConfig(StrictModel):
-    """The durable outbox (see ``rtvp_edge.outbox`` for the policies and their reasoning).
-
-    Args:
-        path: SQLite file; relative paths are resolved against the line configuration's directory.
-        max_events: size limit in events (100 000 ≈ 5.5 h of a 5 parts/s line with no broker).
-        max_bytes: size limit in payload bytes (None: no byte limit).
-        when_full: ``drop_oldest`` (default; counted, logged, visible as a sequence gap) or ``refuse``.
-        synchronous: SQLite durability, ``FULL`` (survives power loss) or ``NORMAL``.
-    """
-
-    path: Path = Path("var/outbox.sqlite")
-    max_events: int | None = Field(100_000, ge=1)
-    max_bytes: int | None = Field(None, ge=1024)
-    when_full: Literal["drop_oldest", "refuse"] = "drop_oldest"
-    synchronous: Literal["FULL", "NORMAL"] = "FULL"
-
-    _paths = field_validator("path")(_against_base_dir)
-
-
-class MqttConfig(StrictModel):
-    """The line configuration's ``mqtt:`` section.
-
-    Args:
-        broker: ``embedded`` (the runtime starts an amqtt broker on ``host:port``, localhost only,
-            no TLS/auth: the demo default) or ``external`` (a site broker such as Mosquitto).
-        host, port: broker address.
-        tls: TLS settings, or None for plain TCP.
-        username: user name, or None for anonymous.
-        password_env: name of the environment variable holding the password (never the password
-            itself in a file), e.g. ``RTVP_MQTT_PASSWORD``.
-        client_id: MQTT client id; default ``rtvp-<site>-<line>-<station>``.
-        topic_root: template with ``{site}``, ``{line}``, ``{station}``.
-        qos: QoS of verdict/defect events (1: at least once, the default).
-        keepalive: seconds; also how fast the broker notices a dead publisher and sends the Last Will
-            (after 1.5 x keepalive).
-        outbox: the durable outbox.
-        metrics_interval_s: how often the runtime publishes ``<root>/metrics``.
-        max_inflight: unacknowledged events on the wire at a time.
-        reconnect_min_s, reconnect_max_s: reconnect back-off (doubles from min to max).
-        connect_timeout_s: how long ``start()`` waits for the broker's first answer before going on
-            with events buffered in the outbox.
-    """
-
-    broker: Literal["embedded", "external"] = "embedded"
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    tls: TlsConfig | None = None
-    username: str | None = None
-    password_env: str | None = None
-    client_id: str | None = Field(None, min_length=1, max_length=128)
-    topic_root: str = "rtvp/{site}/{line}/{station}"
-    qos: Literal[0, 1, 2] = 1
-    keepalive: int = Field(30, ge=5, le=3600)
-    outbox: OutboxConfig = OutboxConfig()
-    metrics_interval_s: float = Field(10.0, gt=0)
-    max_inflight: int = Field(32, ge=1, le=1000)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    connect_timeout_s: float = Field(5.0, ge=0)
-
-    @field_validator("password_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                f"mqtt.password_env must be the NAME of an environment variable (e.g. RTVP_MQTT_PASSWORD), got {value!r}"
-            )
-        return value
-
-    @field_validator("topic_root")
-    @classmethod
-    def _root(cls, value: str) -> str:
-        topic_root(value, StationIds("site", "line", "station"))  # raises ValueError naming the template
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MqttConfig:
-        if self.broker == "embedded":
-            if self.tls is not None or self.username is not None:
-                raise ValueError(
-                    "mqtt.broker 'embedded' is a localhost demo broker without TLS or passwords; "
-                    "use broker: external for tls/username"
-                )
-            if self.host not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError(
-                    f"mqtt.broker 'embedded' listens on localhost only; host {self.host!r} is not local"
-                )
-        if self.password_env is not None and self.username is None:
-            raise ValueError("mqtt.password_env is set but mqtt.username is not")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("mqtt.reconnect_max_s must be >= mqtt.reconnect_min_s")
-        return self
-
-    def resolve_paths(self, base_dir: str | Path) -> MqttConfig:
-        """A copy with relative file paths (outbox, TLS files) made absolute against ``base_dir``."""
-        base = Path(base_dir)
-
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None or p.is_absolute() or str(p) == ":memory:" else base / p
-
-        tls = None
-        if self.tls is not None:
-            tls = self.tls.model_copy(
-                update={"ca": fix(self.tls.ca), "cert": fix(self.tls.cert), "key": fix(self.tls.key)}
-            )
-        outbox = self.outbox.model_copy(update={"path": fix(self.outbox.path) or self.outbox.path})
-        return self.model_copy(update={"tls": tls, "outbox": outbox})
-
-    def station_root(self, station: StationIds) -> str:
-        """The topic root of ``station`` (``topic_root`` with its placeholders filled)."""
-        return topic_root(self.topic_root, station)
-
-    def password(self) -> str | None:
-        """The password from the environment variable ``password_env`` (None without one)."""
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise MqttConfigError(
-                f"mqtt.password_env: environment variable {self.password_env} is not set "
-                f"(export {self.password_env}=... before starting)"
-            )
-        return value
-
-    def check_files(self) -> None:
-        """Raise ``MqttConfigError`` naming the key when a configured TLS file is missing."""
-        if self.tls is None:
-            return
-        for key in ("ca", "cert", "key"):
-            path = getattr(self.tls, key)
-            if path is not None and not Path(path).is_file():
-                raise MqttConfigError(f"mqtt.tls.{key}: file {path} not found")
-
-
-def build_client(config: MqttConfig, client_id: str, clean_session: bool = True) -> paho.Client:
-    """A paho client (MQTT 3.1.1, VERSION2 callbacks) with the configured credentials, TLS and back-off.
-
-    Not connected. Raises ``MqttConfigError`` for missing TLS files or password variables.
-    """
-    config.check_files()
-    password = config.password()
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=paho.MQTTv311,  # amqtt (embedded) speaks 3.1.1 only; every site broker does too
-    )
-    if config.username is not None:
-        client.username_pw_set(config.username, password)
-    if config.tls is not None:
-        context = ssl.create_default_context(cafile=str(config.tls.ca) if config.tls.ca else None)
-        if config.tls.cert is not None:
-            context.load_cert_chain(str(config.tls.cert), str(config.tls.key))
-        if config.tls.insecure:
-            context.check_hostname = False
-        client.tls_set_context(context)
-    client.reconnect_delay_set(min_delay=config.reconnect_min_s, max_delay=config.reconnect_max_s)
-    return client
-
-
-def _tls_hint(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "the broker's certificate is not trusted or does not name this host (check mqtt.tls.ca / mqtt.host)"
-    return "is the broker port a TLS listener, and mqtt.tls.cert/key accepted by it?"
+__all__ = ["EventPublisher"]
 
 
 class EventPublisher:
@@ -318,6 +95,9 @@ class EventPublisher:
         # extra fields of the "online" status, set before ``start`` (build_pipeline: the artifact chosen
         # for this machine and the capacity against the line rate)
         self.status_extra: dict[str, Any] = {}
+        # commands for this station: ``on_command(name, payload dict)`` for each message on
+        # <root>/command/<name> (build_pipeline: ``reload``); None: no subscription
+        self.on_command: Callable[[str, dict[str, Any]], None] | None = None
         self._cond = threading.Condition()
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: status/metrics)
         self._early_acks: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
@@ -379,6 +159,7 @@ class EventPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
         self._state = "connecting"
         host, port = self.config.host, self.config.port
         try:
@@ -386,7 +167,7 @@ class EventPublisher:
         except ssl.SSLError as exc:
             self._state = f"refused: TLS: {exc}"
             self._error = MqttConnectError(
-                f"TLS handshake with MQTT broker {host}:{port} failed: {exc} ({_tls_hint(exc)})"
+                f"TLS handshake with MQTT broker {host}:{port} failed: {exc} ({tls_hint(exc)})"
             )
             raise self._error from exc
         except (TimeoutError, OSError) as exc:
@@ -471,11 +252,30 @@ class EventPublisher:
         return left
 
     # -- internals -----------------------------------------------------------------------------------
-    def _status(self, state: str, reason: str) -> dict[str, Any]:
+    def set_model(self, model_info: dict[str, Any] | RunningModel) -> None:
+        """The model identity verdict, defect and status events carry from now on (after a reload, set by
+        the decision stage before the first part of the new vocabulary is published)."""
+        self.model = (
+            model_info if isinstance(model_info, RunningModel) else RunningModel.model_validate(model_info)
+        )
+
+    def announce(self, reason: str, extra: dict[str, Any], model_info: dict[str, Any] | None = None) -> bool:
+        """Publish the retained "online" status now with ``reason`` and ``extra`` (e.g. a reload's outcome
+        and the running vocabulary); ``extra`` stays in every later status (reconnects). ``model_info``: the
+        model the status names (default the publisher's). Returns whether it was handed to the network
+        (disconnected: the next connection's status carries ``extra``)."""
+        self.status_extra.update(extra)
+        if not self._connected or self._client is None:
+            return False
+        model = RunningModel.model_validate(model_info) if model_info is not None else None
+        payload = json.dumps(self._status("online", reason, model)).encode()
+        return self._publish_tracked(self.topic("status"), payload, 1, True, None)
+
+    def _status(self, state: str, reason: str, model: RunningModel | None = None) -> dict[str, Any]:
         return status_payload(
             state,
             self.station,
-            self.model,
+            model or self.model,
             self.client_id,
             reason,
             extra={
@@ -594,6 +394,8 @@ class EventPublisher:
         self._connects += 1
         self._state = "connected"
         log.info("MQTT connected to %s:%s as %s", self.config.host, self.config.port, self.client_id)
+        if self.on_command is not None:  # (again) on every connection: the session may be clean
+            client.subscribe(self.topic("command/+"), qos=1)
         self._publish_tracked(
             self.topic("status"), json.dumps(self._status("online", "connected")).encode(), 1, True, None
         )
@@ -625,6 +427,23 @@ class EventPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         if self._error is None and not self._stopping:
             self._state = f"connecting (broker {self.config.host}:{self.config.port} unreachable); retrying"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        """A command on <root>/command/<name>: JSON object payload (empty: {}); others are logged, ignored."""
+        name = msg.topic.rsplit("/", 1)[-1]
+        try:
+            payload = json.loads(msg.payload) if msg.payload.strip() else {}
+            if not isinstance(payload, dict):
+                raise ValueError(f"a JSON object, not {type(payload).__name__}")
+        except ValueError as e:
+            log.warning("MQTT command on %s ignored: payload is not a JSON object (%s)", msg.topic, e)
+            return
+        if self.on_command is None:
+            return
+        try:
+            self.on_command(name, payload)
+        except Exception:  # noqa: BLE001 - paho's network thread must go on
+            log.exception("MQTT command %s failed", msg.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cond:

@@ -1,6 +1,6 @@
 """The ``plc:`` section of the line file: OPC UA and Modbus TCP servers, reject deadline, heartbeat.
 
-Schema only (pydantic): the servers themselves live in ``rtvp_edge.plc.opcua`` / ``rtvp_edge.plc.modbus``
+Schema only (pydantic): the servers themselves live in ``rtvp_edge.messaging.plc.opcua`` / ``rtvp_edge.messaging.plc.modbus``
 and are imported only when a line asks for them, so reading a line file never imports a network library.
 Passwords come from environment variables (``password_env``), never from the line file.
 """

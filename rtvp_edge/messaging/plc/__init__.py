@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rtvp_edge.plc.config import ModbusConfig, OpcUaConfig, PlcConfig
-from rtvp_edge.plc.errors import PlcStartError
-from rtvp_edge.plc.station import PlcResult, PlcStation
+from rtvp_edge.messaging.plc.config import ModbusConfig, OpcUaConfig, PlcConfig
+from rtvp_edge.messaging.plc.errors import PlcStartError
+from rtvp_edge.messaging.plc.station import PlcResult, PlcStation
 
 __all__ = [
     "ModbusConfig", "OpcUaConfig", "PlcConfig", "PlcResult", "PlcStartError", "PlcStation", "build_plc_station",
@@ -34,14 +34,14 @@ def build_plc_station(
     try:
         if config.opcua is not None:
             try:
-                from rtvp_edge.plc.opcua import OpcUaServer
+                from rtvp_edge.messaging.plc.opcua import OpcUaServer
             except ImportError as e:
                 raise PlcStartError(f"plc.opcua needs asyncua: pip install 'rtvp-edge[plc]' ({e})") from None
             server = OpcUaServer(config.opcua, station_name, station, list(class_names), config.heartbeat_ms)
             station.add_server(server.start())
         if config.modbus is not None:
             try:
-                from rtvp_edge.plc.modbus import ModbusServer
+                from rtvp_edge.messaging.plc.modbus import ModbusServer
             except ImportError as e:
                 raise PlcStartError(
                     f"plc.modbus needs pymodbus: pip install 'rtvp-edge[plc]' ({e})"

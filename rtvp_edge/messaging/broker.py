@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rtvp_edge.mqtt import MqttConfig
+    from rtvp_edge.messaging.config import MqttConfig
 
 log = logging.getLogger(__name__)
 

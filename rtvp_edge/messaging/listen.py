@@ -18,7 +18,8 @@ import uuid
 from collections import OrderedDict
 from typing import Any, TextIO
 
-from rtvp_edge.mqtt import MqttConfig, MqttConnectError, build_client
+from rtvp_edge.messaging.client import MqttConnectError, build_client
+from rtvp_edge.messaging.config import MqttConfig
 
 _COLOURS = {"OK": "\033[32m", "NG": "\033[31;1m", "INCOMPLETE": "\033[33;1m"}
 _RESET = "\033[0m"
