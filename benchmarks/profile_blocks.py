@@ -42,7 +42,8 @@ def block_of(name: str) -> str:
     parts = name.strip("/").split("/")
     if parts and parts[0] == "model":  # the wrapper's prefix, where the exporter keeps it
         parts = parts[1:]
-    return parts[0] if len(parts) > 1 and parts[0] in BLOCKS else "other"
+    top = parts[0].split(".")[0] if parts else ""  # "rvp.0" (an element of a ModuleList) -> "rvp"
+    return top if len(parts) > 1 and top in BLOCKS else "other"
 
 
 def build(overrides: dict, hw: tuple[int, int], classes: int = 8):
