@@ -20,3 +20,15 @@ def cpu_name() -> str:
     flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
     units = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni") if f in flags]
     return f"{name} ({os.cpu_count()} cores visible; {', '.join(units) or 'no bf16/int8 units'})"
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
+
+
+def cpu_flags() -> str:
+    """The SIMD flags of /proc/cpuinfo that decide OpenVINO's CPU kernels (space separated, "" if unknown)."""
+    text = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return " ".join(f for f in SIMD_FLAGS if f in present)

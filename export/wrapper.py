@@ -38,7 +38,16 @@ class FoldedVocabulary(nn.Module):
         self.register_buffer("text_embeddings", torch.as_tensor(text_embeddings, dtype=torch.float32).clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_inference(images, self.text_embeddings)
+        # Modules that fold a constant vocabulary into their weights (RTVPNet's T-V: one 1x1 Conv per level)
+        # may, for this call: the embeddings are a buffer here, constants of the traced graph.
+        folding = [m for m in self.model.modules() if hasattr(m, "constant_vocabulary")]
+        for m in folding:
+            m.constant_vocabulary = True
+        try:
+            return self.model.forward_inference(images, self.text_embeddings)
+        finally:
+            for m in folding:
+                m.constant_vocabulary = False
 
 
 def region_embedding_layers(model: nn.Module) -> list[nn.Module]:

@@ -45,6 +45,21 @@ def random_patch_mask(
     return expand_patches(keep, cells, size)
 
 
+def _deconv2x2(deconv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``deconv(x)`` for a kernel-2, stride-2 transposed convolution, as a 1x1 convolution + pixel shuffle.
+
+    The 2x2 output cells do not overlap, so output (o, 2i+a, 2j+b) = sum_c x(c, i, j) W(c, o, a, b) + bias(o):
+    a 1x1 convolution to 4*O channels (channel o*4 + a*2 + b) rearranged by ``pixel_shuffle(2)``. Same weights
+    and sums; OpenVINO's CPU plugin runs a ConvolutionBackpropData of these shapes several times slower than
+    its FLOPs (benchmarks/results/peers.md).
+    """
+    w = deconv.weight  # (C_in, C_out, 2, 2)
+    c_in, c_out = w.shape[:2]
+    weight = w.permute(1, 2, 3, 0).reshape(c_out * 4, c_in, 1, 1)
+    bias = deconv.bias.repeat_interleave(4) if deconv.bias is not None else None
+    return F.pixel_shuffle(F.conv2d(x, weight, bias), 2)
+
+
 class ProjectionLevel(nn.Module):
     """Domain-aware projection of one SAM feature level onto one expert level.
 
@@ -86,7 +101,7 @@ class ProjectionLevel(nn.Module):
             x = x * keep  # masked patches are zero (Eq. 2-3)
         ctx = self.context(expert.mean(dim=(2, 3)))  # (B, h) pooled expert knowledge
         x = x + ctx[:, :, None, None]
-        y = F.relu(self.deconv(F.relu(self.conv(x))))[:, :, : size[0], : size[1]]
+        y = F.relu(_deconv2x2(self.deconv, F.relu(self.conv(x))))[:, :, : size[0], : size[1]]
         prompt = self.out(x + y)  # (B, C, H, W) coarse visual prompt
         return prompt, (self.align(prompt) if self.training else None)
 

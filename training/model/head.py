@@ -60,6 +60,25 @@ class ContrastiveHead(nn.Module):
             torch.einsum("bdhw,bcd->bchw", region, text) * self.logit_scale.exp().clamp(max=100) + self.bias
         )
 
+    def from_features(self, feats: torch.Tensor, embed: nn.Conv2d, text: torch.Tensor) -> torch.Tensor:
+        """``forward(embed(feats), text)`` computed on the narrower features.
+
+        feats (B,K,H,W) (K channels, the input of the 1x1 ``embed`` conv to D), text (B,C,D) -> (B,C,H,W).
+        The cosine's numerator ``<W f + b, t>`` is ``<f, W^T t> + <b, t>``: the text is projected into the
+        K-d feature space (a (B,C,K) matmul) and the D-d region embedding is only reduced to its norm, never
+        divided nor laid out for a matmul (on OpenVINO's CPU plugin those two passes over the (B,D,H,W)
+        tensor cost more than the embedding conv itself). ``embed`` still runs, so its forward hooks see the
+        region embeddings (``export.wrapper.InputVocabulary``).
+        """
+        region = embed(feats)  # (B, D, H, W)
+        norm = region.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 1, H, W), as F.normalize
+        text = F.normalize(text, dim=-1)
+        w = embed.weight.flatten(1)  # (D, K)
+        num = torch.einsum("bkhw,bck->bchw", feats, text @ w)
+        if embed.bias is not None:
+            num = num + (text @ embed.bias).unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
+        return num / norm * self.logit_scale.exp().clamp(max=100) + self.bias
+
 
 class DetectionHead(nn.Module):
     """Decoupled head over levels.
@@ -113,7 +132,7 @@ class DetectionHead(nn.Module):
             shapes.append((f.shape[2], f.shape[3]))
             dists.append(self.box[i](f).flatten(2))  # (B, 4R, HW)
             r = self.region[i](f)
-            logits.append(self.contrast[i](self.embed[i](r), text).flatten(2))  # (B, C, HW)
+            logits.append(self.contrast[i].from_features(r, self.embed[i], text).flatten(2))  # (B, C, HW)
             if self.objectness is not None:
                 objs.append(self.objectness[i](r).flatten(2))  # (B, 1, HW)
         dist = torch.cat(dists, 2).transpose(1, 2)

@@ -150,7 +150,8 @@ class RTVPNet(nn.Module):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         b = images.shape[0]
-        text = self._prepare_text(text_embeds.to(images.dtype)).unsqueeze(0).expand(b, -1, -1)  # (B, C, D)
+        shared = self._prepare_text(text_embeds.to(images.dtype))  # (C, D), the same for every image
+        text = shared.unsqueeze(0).expand(b, -1, -1)  # (B, C, D)
         if stage == "pretrain":
             e = self.expert(images)
             return [e[k] for k in self.levels], text, None, None
@@ -171,7 +172,8 @@ class RTVPNet(nn.Module):
         else:
             feats = [f + p for f, p in zip(expert_feats, prompts, strict=True)]  # prompt-enhanced features
         if self.tv is not None:
-            feats = [m(f, text) for m, f in zip(self.tv, feats, strict=True)]
+            # the shared (C, D) vocabulary: T-V folds it into one 1x1 conv per level (interaction.py)
+            feats = [m(f, shared) for m, f in zip(self.tv, feats, strict=True)]
         if self.vt is not None:
             text = self.vt(feats, text)
         return feats, text, align, rvp_out
