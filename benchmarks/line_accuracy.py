@@ -96,30 +96,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--score-threshold",
         type=float,
-        default=None,
-        help="one score threshold for every class (the line file's detection.score_threshold); default: the "
-        "bundle's (per-class when it records them)",
+        nargs="+",
+        default=[None],
+        help="one score threshold for every class (the line file's detection.score_threshold); several: a "
+        "sweep, each on every seed; default: the bundle's (per-class when it records them)",
     )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = []
-    for seed in args.seed:
-        r = run_line(args.bundle, args.parts, seed, args.scale, args.backend, args.score_threshold)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+    for threshold in args.score_threshold:
+        for seed in args.seed:
+            r = run_line(args.bundle, args.parts, seed, args.scale, args.backend, threshold)
+            r["score_threshold"] = "bundle" if threshold is None else threshold
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     report = {
         "command": "python " + " ".join(sys.argv),
         "cpu": cpu_name(),
         "date": time.strftime("%Y-%m-%d"),
         "bundle": str(args.bundle),
-        "score_threshold": "bundle" if args.score_threshold is None else args.score_threshold,
+        "score_threshold": [("bundle" if t is None else t) for t in args.score_threshold],
         "rows": rows,
     }
-    print("\n| seed | parts | located | right class | on a true defect | verdicts right | INCOMPLETE |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| score threshold | seed | parts | located | right class | on a true defect | verdicts right | INCOMPLETE |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['seed']} | {r['parts']} | {r['location_recall']:.2f} | {r['class_recall']:.2f} | "
+            f"| {r['score_threshold']} | {r['seed']} | {r['parts']} | {r['location_recall']:.2f} | {r['class_recall']:.2f} | "
             f"{r['precision']:.2f} | {r['part_accuracy']:.2f} | {r['incomplete']} |"
         )
     if args.out:

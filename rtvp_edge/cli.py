@@ -1,5 +1,7 @@
 """``rtvp-edge``: run a line, check a line file or a bundle, listen to a line's events.
 
+``run``: SIGINT/SIGTERM stop cleanly; SIGHUP reloads the vocabulary and thresholds (``rtvp_edge/reload.py``).
+
 Exit codes: 0 success (also after a clean SIGINT/SIGTERM stop), 2 invalid configuration, refused bundle or
 unusable outbox (the message names the file, the line and the key), 1 a runtime failure (among them: the
 outbox was full with ``when_full: refuse``, so the line stopped; the message gives what was refused).
@@ -95,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of the examples' images (default: the file's folder)",
+    )
+    en.add_argument(
+        "--category",
+        default=None,
+        help="of a COCO file: use the boxes of this category (default: the one named --name), e.g. the "
+        "predicted class whose boxes you kept in the hard-sample folder's COCO file",
     )
     en.add_argument("--prompt", default=None, help="text recorded as the class's prompt")
     en.add_argument("--out", type=Path, default=None, help="write the new bundle here (default: in place)")
@@ -270,6 +278,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sinks.append(write_jsonl)
             pipeline = build_pipeline(config, part_sinks=sinks, use_mqtt=not args.no_mqtt)
             stack.callback(pipeline.close)
+            if hasattr(signal, "SIGHUP"):  # reload vocabulary and thresholds (docs/runtime.md, Reload)
+
+                def on_hup(signum, _frame):  # only queues the request: the reload thread does the work
+                    pipeline.request_reload("SIGHUP")
+
+                old.setdefault(signal.SIGHUP, signal.signal(signal.SIGHUP, on_hup))
             print(capacity_line(pipeline.capacity), file=sys.stderr)
             if pipeline.paced_rate_hz is not None:
                 print(f"the simulated line is paced to {pipeline.paced_rate_hz:.2f} parts/s", file=sys.stderr)
@@ -333,6 +347,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         out=args.out,
         images_dir=args.images,
         backend=args.backend,
+        category=args.category,
     )
     m = done.result.manifest
     print(

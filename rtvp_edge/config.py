@@ -269,6 +269,31 @@ class EvidenceConfig(StrictModel):
         return str(p if p.is_absolute() else (_base_dir(info) / p).resolve())
 
 
+class HardSamplesConfig(StrictModel):
+    """``hard_samples:``: raw frames of the parts worth labelling (NG, a detection near its threshold, a
+    random share of OK) with the predictions as a COCO file, for ``rtvp-edge enroll`` and retraining
+    (``rtvp_edge.hard_samples``, docs/runtime.md). Off by default: raw frames are large (about 1 MB a view)."""
+
+    enabled: bool = False
+    dir: str = "hard_samples"
+    # a part is kept when a detection scores within this of its class threshold, on either side
+    near_threshold_band: float = Field(0.05, ge=0, le=0.5)
+    ok_share: float = Field(0.01, ge=0, le=1)  # share of OK parts kept, drawn by a generator seeded with seed
+    seed: int = Field(0, ge=0)
+    max_files: int = Field(2000, ge=1)  # images kept (oldest dropped first)
+    max_mb: float = Field(2000.0, gt=0)  # and their total size
+    retention_days: float = Field(30.0, gt=0)
+    queue_parts: int = Field(
+        8, ge=1
+    )  # parts waiting for the disk; more are skipped and counted, never waited for
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        p = Path(v)
+        return str(p if p.is_absolute() else (_base_dir(info) / p).resolve())
+
+
 class RuntimeConfig(StrictModel):
     # (the metrics period is mqtt.metrics_interval_s: metrics are an MQTT event)
     queue_size: int = Field(8, ge=1)  # bounded queues between stages (parts)
@@ -295,6 +320,7 @@ class LineConfig(StrictModel):
     verdict: VerdictConfig = VerdictConfig()
     mqtt: MqttConfig = MqttConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    hard_samples: HardSamplesConfig = HardSamplesConfig()  # raw frames + COCO predictions (docs/runtime.md)
     runtime: RuntimeConfig = RuntimeConfig()
     plc: PlcConfig | None = None  # OPC UA / Modbus servers and the reject deadline (docs/plc.md)
     metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (docs/runtime.md)

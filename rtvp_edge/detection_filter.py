@@ -88,11 +88,21 @@ class DetectionFilter:
     def filter_view(self, camera_id: str, detections: Sequence[Detection]) -> tuple[Detection, ...]:
         """Keep detections above their class threshold, at least ``min_box_px`` on the shorter side and
         (when the camera has ROIs) with their centre inside one ROI."""
-        out = []
+        return self.split_view(camera_id, detections)[0]
+
+    def split_view(
+        self, camera_id: str, detections: Sequence[Detection], near_band: float = 0.0
+    ) -> tuple[tuple[Detection, ...], tuple[Detection, ...]]:
+        """(kept, near threshold) of one view's detections.
+
+        kept: as ``filter_view``. near threshold (only when ``near_band`` > 0): the detections inside the
+        size and ROI filters whose score is within ``near_band`` of their class threshold, on either side
+        (``threshold - near_band <= score < threshold + near_band``); those below the threshold are not in
+        kept. The hard-sample folder keeps the parts that have any (``rtvp_edge.hard_samples``).
+        """
+        kept, near = [], []
         rois = self.rois.get(camera_id)
         for d in detections:
-            if d.score < self.class_thresholds[d.class_id]:
-                continue
             x1, y1, x2, y2 = d.box
             if min(x2 - x1, y2 - y1) < self.min_box_px:
                 continue
@@ -100,5 +110,9 @@ class DetectionFilter:
                 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
                 if not any(cv2.pointPolygonTest(r, (cx, cy), False) >= 0 for r in rois):
                     continue
-            out.append(d)
-        return tuple(out)
+            thr = float(self.class_thresholds[d.class_id])
+            if d.score >= thr:
+                kept.append(d)
+            if near_band > 0 and thr - near_band <= d.score < thr + near_band:
+                near.append(d)
+        return tuple(kept), tuple(near)

@@ -26,8 +26,11 @@ outputs recomputed, hashes rewritten, verified, replaced atomically; a signature
 
 Examples file (image paths relative to ``images_dir`` / ``--images``, default the file's folder):
 - COCO json: ``images`` ({id, file_name}) and ``annotations`` ({image_id, bbox [x, y, w, h]}); when its
-  ``categories`` name the class being enrolled, only that category's boxes are used. ``info.model``, when
-  present, must be the bundle's model name.
+  ``categories`` name the class being enrolled (or ``category``, e.g. the predicted class whose boxes the user
+  kept), only that category's boxes are used; a file whose boxes span several categories, none of them the
+  one asked for, is refused (it would mix defect types). ``info.model``, when present, must be the bundle's
+  model name. The hard-sample folder's COCO file (``rtvp_edge.hard_samples``), relabelled in CVAT / Label
+  Studio or as written, is such a file; its extra fields (scores, part ids) are ignored.
 - YAML/JSON list of ``{image: PATH, box: [x1, y1, x2, y2]}`` (or a mapping with ``model`` and ``examples``).
 Boxes are in pixels of the camera image as stored.
 """
@@ -89,10 +92,14 @@ def _box(value, where: str) -> tuple[float, float, float, float]:
 
 
 def load_examples(
-    path: str | os.PathLike, name: str, images_dir: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    name: str,
+    images_dir: str | os.PathLike | None = None,
+    category: str | None = None,
 ) -> tuple[list[Example], str | None]:
     """The example boxes of ``path`` (COCO json, or a YAML/JSON list of {image, box}) and the model name the
-    file says it is for (None: not said). Raises ``EnrollError`` naming the file, field and value."""
+    file says it is for (None: not said). ``category``: of a COCO file, take that category's boxes (default:
+    the category named ``name``). Raises ``EnrollError`` naming the file, field and value."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -116,7 +123,18 @@ def load_examples(
                 raise EnrollError(f"{path}: images[{i}] needs 'id' and 'file_name', got {img!r}")
             images[img["id"]] = img["file_name"]
         cats = {c.get("id"): c.get("name") for c in raw.get("categories") or [] if isinstance(c, dict)}
-        wanted = {k for k, v in cats.items() if v == name}
+        wanted = {k for k, v in cats.items() if v == (category or name)}
+        if category is not None and not wanted:
+            raise EnrollError(
+                f"{path}: --category {category!r} is not among its categories {sorted(map(str, cats.values()))}"
+            )
+        used = {a.get("category_id") for a in raw["annotations"] or [] if isinstance(a, dict)}
+        if not wanted and len(used) > 1:
+            raise EnrollError(
+                f"{path}: no category named {name!r} and its boxes are of {len(used)} categories "
+                f"({', '.join(sorted(str(cats.get(c, c)) for c in used))}): label the example boxes {name!r} "
+                "(e.g. in CVAT or Label Studio), or pass --category with the one whose boxes to use"
+            )
         for i, ann in enumerate(raw["annotations"] or []):
             where = f"{path}: annotations[{i}]"
             if not isinstance(ann, dict):
@@ -234,6 +252,7 @@ def enroll(
     images_dir: str | os.PathLike | None = None,
     backend: str | None = None,
     device: str = "CPU",
+    category: str | None = None,
 ) -> Enrolment:
     """Add the defect type ``name`` to an input-mode bundle from 1-10 example boxes (module docstring).
 
@@ -245,6 +264,7 @@ def enroll(
         out: write the new bundle there; None replaces ``bundle`` atomically.
         images_dir: folder the examples' image paths are relative to (default: the examples file's).
         backend: the runtime backend to compute embeddings with (default: the bundle's first artifact's).
+        category: of a COCO examples file, the category whose boxes to use (default: the one named ``name``).
     Returns:
         an ``Enrolment``.
     Raises:
@@ -268,7 +288,7 @@ def enroll(
         raise EnrollError(
             f"--name {name!r}: already in the vocabulary of {bundle} ({', '.join(c.name for c in vocab.classes)})"
         )
-    exs, model = load_examples(examples, name, images_dir)
+    exs, model = load_examples(examples, name, images_dir, category)
     if model is not None and model != manifest.model.name:
         raise EnrollError(
             f"{examples}: the examples are for model {model!r}, the bundle {bundle} is {manifest.model.name!r}"

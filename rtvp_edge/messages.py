@@ -119,6 +119,9 @@ class ViewResult:
     capture_time: float
     detections: tuple[Detection, ...]
     evidence_path: str | None = None  # annotated image written for NG parts
+    # detections within hard_samples.near_threshold_band of their class threshold, on either side (those
+    # below it are not in ``detections``); empty unless the line keeps hard samples
+    near_threshold: tuple[Detection, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,12 +134,16 @@ class InferredPart:
             failed.
         error: why inference failed (the part becomes INCOMPLETE), else None.
         timing_ms: per-stage times of this part, e.g. {"preprocess": 3.1, "inference": 41.2, "decode": 0.8}.
+        model: the line model (vocabulary, thresholds, verdict rules; ``rtvp_edge.reload.LineModel``) this
+            part was inferred with: a reload swaps it between parts, and the decision stage judges and
+            publishes each part with the one it was inferred with. None: the pipeline's current one.
     """
 
     part: AssembledPart
     views: tuple[ViewResult, ...] | None
     error: BaseException | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    model: object | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ inside a stage become status events and INCOMPLETE verdicts, never dead threads 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -45,10 +46,12 @@ from rtvp_edge.bundle import Artifact, BundleManifest, load_manifest, sha256_fil
 from rtvp_edge.config import ConfigError, LineConfig
 from rtvp_edge.detection_filter import DetectionFilter
 from rtvp_edge.evidence import EvidenceWriter
+from rtvp_edge.hard_samples import HardSampleWriter
 from rtvp_edge.inference import PartInference
 from rtvp_edge.messages import CameraSource, Frame, InferredPart, PartVerdict, ViewResult
 from rtvp_edge.messaging.outbox import OutboxFullError
 from rtvp_edge.metrics import RuntimeMetrics
+from rtvp_edge.reload import LineModel, ReloadError, prepare_reload
 from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.sources import CameraState, CameraWorker, FrameBuffer, build_sources
 from rtvp_edge.station import StationIds
@@ -97,7 +100,11 @@ class Pipeline:
         plc_station: optional started ``rtvp_edge.messaging.plc.PlcStation`` (the line file's ``plc:``): sees every
             accepted frame (arms the part's reject deadline) and every verdict first (signals the PLC),
             stopped by ``close``.
+        hard_samples: optional ``HardSampleWriter`` (the line file's ``hard_samples:``): sees every verdict
+            with its frames after the evidence, keeps the hard ones on its own thread; closed by ``close``.
     Attributes:
+        model: the ``LineModel`` (vocabulary, thresholds, verdict rules, model identity) new parts are
+            inferred with; ``request_reload`` swaps it (``rtvp_edge.reload``).
         exporter: the started ``PrometheusExporter`` when the line file has ``metrics.prometheus_port``
             (``build_pipeline`` sets it; its ``observe`` is a sink), stopped last by ``close``.
     """
@@ -117,11 +124,21 @@ class Pipeline:
         plc: PlcPartIds | None = None,
         part_sinks: Sequence[PartSink] = (),
         plc_station=None,
+        hard_samples: HardSampleWriter | None = None,
     ) -> None:
         self.config, self.inference, self.verdict_rules = config, inference, verdict_rules
         self.plc_station = plc_station
         self.evidence, self.publisher, self.rig = evidence, publisher, rig
+        self.hard_samples = hard_samples
+        if hard_samples is not None and hard_samples.status is None:
+            hard_samples.status = self._status
         self.model_info = model_info or {}
+        self.model = LineModel(
+            inference.manifest, inference.vocabulary, verdict_rules, self.model_info, config
+        )
+        self._published_generation = 0  # the LineModel generation the publisher's events carry
+        self._reload_requests: queue.SimpleQueue = queue.SimpleQueue()  # SimpleQueue.put: signal-safe
+        self.reloads: list[dict] = []  # every reload's outcome: {"source", "result", "reason"/"vocabulary"}
         self.sinks: list[Sink] = list(sinks)
         if publisher is not None:
             self.sinks.insert(0, publisher.publish_verdict)
@@ -165,6 +182,9 @@ class Pipeline:
         self.refused_events = 0
         self._refusal: str | None = None
         self._threads: list[threading.Thread] = []
+        self._reload_thread: threading.Thread | None = None
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._swap_lock = threading.Lock()  # a swap never falls inside a part's submit
         # set by build_pipeline: the artifact chosen, what the box sustains, the rate a sim line was paced to
         self.artifact_choice: ArtifactChoice | None = None
         self.capacity: Capacity | None = None
@@ -240,10 +260,14 @@ class Pipeline:
     def _inference_stage(self) -> None:
         try:
             while (part := self.part_queue.get()) is not _SENTINEL:
-                try:
-                    self.inference.submit(part, self._on_inferred)
-                except Exception as e:  # preprocessing or submit failed: that part is INCOMPLETE
-                    self._on_inferred(part, None, e, {})
+                # one LineModel per part: submit reads the inference's vocabulary, which a reload swaps
+                # together with self.model under this lock (it waits while a submit blocks on the backend)
+                with self._swap_lock:
+                    lm = self.model
+                    try:
+                        self.inference.submit(part, functools.partial(self._on_inferred, model=lm))
+                    except Exception as e:  # preprocessing or submit failed: that part is INCOMPLETE
+                        self._on_inferred(part, None, e, {}, lm)
             self.inference.wait_all()
         except Exception as e:
             self.metrics.stage_errors["inference"] += 1
@@ -257,12 +281,18 @@ class Pipeline:
             self.result_queue.put(_SENTINEL)
 
     def _on_inferred(
-        self, part: AssembledPart, views: list[ViewResult] | None, err: BaseException | None, timing: dict
+        self,
+        part: AssembledPart,
+        views: list[ViewResult] | None,
+        err: BaseException | None,
+        timing: dict,
+        model: LineModel | None = None,
     ) -> None:
-        self.result_queue.put(InferredPart(part, None if views is None else tuple(views), err, timing))
+        self.result_queue.put(InferredPart(part, None if views is None else tuple(views), err, timing, model))
 
     def _decide(self, inferred: InferredPart) -> PartVerdict:
         part, views, err = inferred.part, inferred.views, inferred.error
+        lm = inferred.model if isinstance(inferred.model, LineModel) else self.model
         extra = []
         if err is not None:
             self.metrics.stage_errors["inference"] += 1
@@ -276,7 +306,7 @@ class Pipeline:
         latency = {k: round(v, 2) for k, v in inferred.timing_ms.items()}
         latency["trigger_to_verdict"] = round((time.monotonic() - part.first_monotonic) * 1e3, 2)
         first_capture = min((f.capture_time for f in part.frames), default=time.time())
-        return self.verdict_rules.decide(
+        return lm.verdict_rules.decide(
             part.part_id, part.trigger_seq, views, part.missing_views, first_capture, latency, extra
         )
 
@@ -307,6 +337,20 @@ class Pipeline:
                         self.metrics.sink_errors["evidence"] += 1
                         log.warning("evidence for part %s not written: %s", part.part_id, e)
                         self._status("evidence", "ERROR", str(e))
+                if self.hard_samples is not None:
+                    try:  # selects and queues only: the writer has its own thread
+                        self.hard_samples(verdict, part.frames)
+                    except Exception as e:
+                        self.metrics.sink_errors["hard_samples"] += 1
+                        log.warning("hard samples: part %s: %s", part.part_id, e)
+                lm = item.model if isinstance(item.model, LineModel) else self.model
+                if lm.generation != self._published_generation and self.publisher is not None:
+                    # the first part of a reloaded vocabulary: its events carry the new bundle hash
+                    try:
+                        self.publisher.set_model(lm.info)
+                    except Exception:
+                        log.exception("publisher: model identity not updated")
+                    self._published_generation = lm.generation
                 self.metrics.count_verdict(verdict.verdict, verdict.latency_ms)
                 for sink, with_frames in [(k, False) for k in self.sinks] + [
                     (k, True) for k in self.part_sinks
@@ -339,6 +383,105 @@ class Pipeline:
             self._status("outbox", "FULL", str(e))
             self.request_stop()
 
+    # -- reload --------------------------------------------------------------------------------------
+    def request_reload(self, source: str = "request", request_id: str | None = None) -> None:
+        """Ask the running line to reload its vocabulary and thresholds (``rtvp_edge.reload``). Returns at
+        once (safe in a signal handler: one ``SimpleQueue.put``); the reload thread checks and swaps, and
+        the outcome goes to the log, the status sinks (component ``reload``: ``APPLIED``, ``UNCHANGED`` or
+        ``REFUSED``) and the MQTT status topic.
+
+        Args:
+            source: who asked, for the log and the announcement (``"SIGHUP"``, ``"mqtt"``, ...).
+            request_id: echoed in the announcement (an MQTT command's ``request_id``).
+        """
+        self._reload_requests.put((source, request_id))
+
+    def reload_now(self, source: str = "request", request_id: str | None = None) -> dict:
+        """Run one reload in this thread (the reload thread calls it for each request). Returns its outcome
+        (also appended to ``reloads``): ``{"source", "request_id", "result": "applied" | "unchanged" |
+        "refused", "reason"?, "vocabulary"}``."""
+        with self._reload_lock:
+            running = self.model
+            outcome: dict = {"source": source, "request_id": request_id}
+            try:
+                if self.config._source is None:
+                    raise ReloadError("the line was not started from a line file: nothing to read again")
+                new = prepare_reload(
+                    running,
+                    self.config.source,
+                    self.inference.backend,
+                    near_band=running.vocabulary.near_band,
+                    fixed_classes=self.plc_station is not None,
+                )
+            except Exception as e:  # ReloadError, or anything unexpected: the old vocabulary stays
+                reason = str(e) if isinstance(e, ReloadError) else f"{type(e).__name__}: {e}"
+                outcome.update(result="refused", reason=reason, vocabulary=running.describe())
+                log.error(
+                    "reload (%s) refused: %s; the running vocabulary and thresholds stay", source, reason
+                )
+                self._status("reload", "REFUSED", reason)
+                self._announce(f"reload refused: {reason}", outcome, running)
+                self.reloads.append(outcome)
+                return outcome
+            same = (
+                new.info.get("bundle_sha256") == running.info.get("bundle_sha256")
+                and new.config.detection == running.config.detection
+                and new.config.verdict == running.config.verdict
+            )
+            if same:
+                outcome.update(result="unchanged", vocabulary=running.describe())
+                msg = "reload: bundle and detection/verdict settings unchanged"
+                log.info("%s (%s)", msg, source)
+                self._status("reload", "UNCHANGED", msg)
+                self._announce(msg, outcome, running)
+                self.reloads.append(outcome)
+                return outcome
+            # the swap: parts submitted from here on use ``new``; those in flight finish with ``running``
+            with self._swap_lock:  # between two submits (see _inference_stage)
+                self.model = new
+                self.inference.swap(new.vocabulary)
+            self.verdict_rules, self.model_info = new.verdict_rules, new.info
+            if self.hard_samples is not None:
+                self.hard_samples.set_vocabulary(new.vocabulary.class_names, new.info)
+            desc = new.describe()
+            outcome.update(result="applied", vocabulary=desc)
+            msg = (
+                f"reload applied: vocabulary {desc['embeddings_sha256'] or desc['bundle_sha256']} with "
+                f"{len(desc['classes'])} classes ({', '.join(desc['classes'])}), bundle {desc['bundle_sha256']}"
+            )
+            log.warning("%s (%s)", msg, source)
+            self._status("reload", "APPLIED", msg)
+            self._announce(msg, outcome, new)
+            self.reloads.append(outcome)
+            return outcome
+
+    def _announce(self, reason: str, outcome: dict, model: LineModel) -> None:
+        """The outcome on the retained MQTT status (``vocabulary`` and ``reload`` fields)."""
+        if self.publisher is None or not hasattr(self.publisher, "announce"):
+            return
+        reload = {k: v for k, v in outcome.items() if k != "vocabulary" and v is not None}
+        try:
+            self.publisher.announce(reason, {"vocabulary": model.describe(), "reload": reload}, model.info)
+        except Exception:
+            self.metrics.sink_errors["reload announcement"] += 1
+            log.exception("reload outcome not published on MQTT")
+
+    def on_command(self, command: str, payload: dict) -> None:
+        """An MQTT command for this station (``<root>/command/<command>``, JSON payload): ``reload`` asks
+        for a reload (``payload["request_id"]``, optional, is echoed in the announcement)."""
+        if command == "reload":
+            rid = payload.get("request_id")
+            self.request_reload("mqtt", None if rid is None else str(rid))
+        else:
+            log.warning("MQTT command %r unknown (known: reload); ignored", command)
+
+    def _reload_stage(self) -> None:
+        while (req := self._reload_requests.get()) is not _SENTINEL:
+            try:
+                self.reload_now(*req)
+            except Exception:  # reload_now reports its own failures; this is a bug, not a stop
+                log.exception("reload failed")
+
     # -- control -------------------------------------------------------------------------------------
     def start(self, max_parts: int | None = None) -> None:
         """Start cameras and stages. ``max_parts``: judge exactly this many parts, then stop."""
@@ -354,6 +497,8 @@ class Pipeline:
             t = threading.Thread(target=fn, name=f"stage-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        self._reload_thread = threading.Thread(target=self._reload_stage, name="reload", daemon=True)
+        self._reload_thread.start()
         self._status("pipeline", "RUNNING", f"{len(self.workers)} cameras")
         if self.artifact_choice is not None:
             self._status("model", "ARTIFACT", self.artifact_choice.describe())
@@ -451,6 +596,9 @@ class Pipeline:
             extra["capacity"] = {**self.capacity.as_dict(), "paced_rate_hz": self.paced_rate_hz}
         if self.plc_station is not None:
             extra["plc_signals"] = dict(self.plc_station.stats)
+        if self.hard_samples is not None:
+            extra["hard_samples"] = self.hard_samples.stats()
+        extra["vocabulary_generation"] = self.model.generation
         if self.publisher is not None:
             try:
                 extra["outbox_depth"] = self.publisher.outbox_depth()
@@ -513,10 +661,13 @@ class Pipeline:
                     on_tick(self)
         finally:
             self.request_stop()
+            self._reload_requests.put(_SENTINEL)
             for w in self.workers.values():
                 w.join(5.0)
             for t in self._threads:
                 t.join(30.0)
+            if self._reload_thread is not None:
+                self._reload_thread.join(60.0)  # a reload in its self-test finishes (or is refused) first
         if self.refused_parts:
             self.fatal = (
                 f"outbox full with when_full: refuse: the line stopped; {self.refused_parts} part verdict(s), "
@@ -530,6 +681,11 @@ class Pipeline:
         """Stop the publisher (flushes the outbox or keeps it for the next start) and the backend."""
         if self.plc is not None:
             self.plc.stop()
+        if self.hard_samples is not None:
+            try:
+                self.hard_samples.close()
+            except Exception:
+                log.exception("hard samples writer close failed")
         if self.plc_station is not None:
             try:
                 self.plc_station.stop()
@@ -733,6 +889,7 @@ def build_pipeline(
         backend.describe(), f"passed ({len(manifest.golden)} images)" if m.selftest else "DISABLED",
     )  # fmt: skip
     log.info("%s", choice.describe())
+    hard_samples = None
     try:
         paced = None
         sources_config = config
@@ -756,9 +913,11 @@ def build_pipeline(
         detection_filter = build_detection_filter(config, manifest)
         verdict_rules = build_verdict_rules(config, manifest)
         crops = {c.id: c.crop for c in config.cameras if c.crop is not None}
+        hs = config.hard_samples
         inference = PartInference(
-            backend, manifest, m.bundle, detection_filter, config.detection.iou_threshold, crops=crops
-        )
+            backend, manifest, m.bundle, detection_filter, config.detection.iou_threshold, crops=crops,
+            near_band=hs.near_threshold_band if hs.enabled else 0.0,
+        )  # fmt: skip
         try:
             sources, rig = build_sources(sources_config)
         except ValueError as e:  # e.g. the rig refuses a setting the schema let through
@@ -766,6 +925,22 @@ def build_pipeline(
         ev = config.evidence
         evidence = (
             EvidenceWriter(ev.dir, ev.retention_days, ev.max_files, ev.jpeg_quality) if ev.enabled else None
+        )
+        hard_samples = (
+            HardSampleWriter(
+                hs.dir,
+                [c.name for c in manifest.vocabulary.classes],
+                info,
+                near_band=hs.near_threshold_band,
+                ok_share=hs.ok_share,
+                seed=hs.seed,
+                max_files=hs.max_files,
+                max_bytes=int(hs.max_mb * 2**20),
+                retention_days=hs.retention_days,
+                queue_parts=hs.queue_parts,
+            )  # fmt: skip
+            if hs.enabled
+            else None
         )
         if publisher is None and use_mqtt:
             publisher = _build_publisher(config, info)
@@ -795,6 +970,7 @@ def build_pipeline(
             plc,
             part_sinks,
             plc_station,
+            hard_samples,
         )
         pipeline.artifact_choice, pipeline.capacity, pipeline.paced_rate_hz = choice, capacity, paced
         if publisher is not None and hasattr(publisher, "status_extra"):
@@ -802,8 +978,13 @@ def build_pipeline(
             publisher.status_extra = {
                 "artifact": choice.as_dict(),
                 "capacity": {**capacity.as_dict(), "paced_rate_hz": paced, "state": state},
+                "vocabulary": pipeline.model.describe(),
             }
+        if publisher is not None and hasattr(publisher, "on_command"):
+            publisher.on_command = pipeline.on_command  # <root>/command/reload
     except BaseException:
+        if hard_samples is not None:
+            hard_samples.close()
         backend.close()
         raise
     if config.metrics.prometheus_port is not None:

@@ -339,3 +339,44 @@ def test_class_embedding_maps_back_to_the_prototype_through_the_graphs_centring(
     )  # what RTVPNet's _prepare_text makes of it
     with pytest.raises(EnrollError, match="not this model's"):  # a centre of another width: another model
         class_embedding(p, center[:16])
+
+
+def test_enroll_reads_the_hard_sample_folders_coco_file(bundle_copy, glass_data, tmp_path, capsys):
+    """The hard-sample folder's COCO file as written (predictions of several classes): enrolling from it
+    without saying which boxes is refused; ``--category`` takes the boxes of a predicted class the user kept
+    (here the crack boxes, predicted as "oil")."""
+    from rtvp_edge.hard_samples import COCO_FILE, HardSampleWriter
+    from rtvp_edge.messages import Detection, Frame, PartVerdict, ViewResult
+
+    coco = json.loads((glass_data / "annotations" / "val.json").read_text())
+    crack = next(c["id"] for c in coco["categories"] if c["name"] == NEW)
+    by_image = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        name = "oil" if a["category_id"] == crack else "bubble"
+        by_image.setdefault(a["image_id"], []).append(Detection(0, name, 0.6, (x, y, x + w, y + h)))
+    hs = HardSampleWriter(tmp_path / "hs", [c.name for c in _classes(SEEN)], {"name": "tiny_double"})
+    cracks = 0
+    for k, img in enumerate(coco["images"]):
+        dets = tuple(by_image.get(img["id"], ()))
+        if not dets or cracks >= 3:
+            continue
+        cracks += sum(d.class_name == "oil" for d in dets)
+        image = cv2.imread(str(glass_data / "Images" / "val" / img["file_name"]))
+        verdict = PartVerdict(f"P{k}", k, "NG", (ViewResult("C1", 0, k, 0.0, dets),), decided_time=1e9 + k)
+        hs(verdict, (Frame("C1", 0, k, 0.0, image),))
+    hs.close()
+    assert cracks >= 2 and hs.written >= 2
+    examples = tmp_path / "hs" / COCO_FILE
+    base = ["enroll", "--bundle", str(bundle_copy), "--name", NEW, "--examples", str(examples)]
+    before = _snapshot(bundle_copy)
+    assert edge_main(base) == 2
+    err = capsys.readouterr().err
+    assert "no category named 'crack'" in err and "--category" in err, err
+    assert edge_main([*base, "--category", "amber"]) == 2
+    assert "--category 'amber' is not among its categories" in capsys.readouterr().err
+    assert _snapshot(bundle_copy) == before
+    assert edge_main([*base, "--category", "oil"]) == 0, capsys.readouterr().err
+    assert f"enrolled {NEW!r} from {cracks} example boxes" in capsys.readouterr().out
+    m = load_manifest(bundle_copy)
+    assert m.vocabulary.classes[-1].name == NEW and m.vocabulary.enrolled[NEW]["examples"] == cracks

@@ -6,6 +6,8 @@ Topics under the station's root (default ``rtvp/{site}/{line}/{station}``):
     <root>/defect    one per defect, after its part's verdict                              QoS 1, durable
     <root>/status    retained; "online" on connect, "offline" on clean stop and as Last Will
     <root>/metrics   periodic telemetry (not queued in the outbox: a stale figure helps nobody)
+    <root>/command/reload   subscribed: reload vocabulary and thresholds (rtvp_edge/reload.py); the outcome
+                            is the next retained status (``reload``, ``vocabulary``)
 
 Every payload is a JSON object with ``schema_version``, ``kind``, a unique ``event_id`` (uuid4;
 consumers de-duplicate at-least-once delivery on it), ``ts`` (UTC, ISO 8601 with milliseconds) and
@@ -32,7 +34,9 @@ from rtvp_edge.messages import PartVerdict
 from rtvp_edge.messaging.outbox import OutgoingEvent
 from rtvp_edge.station import StationIds  # where the events come from
 
-EVENT_SCHEMA_VERSION = "1.1"  # 1.1: optional verdict.plc (what the PLC was told)
+EVENT_SCHEMA_VERSION = (
+    "1.2"  # 1.1: optional verdict.plc (what the PLC was told); 1.2: status.vocabulary/reload
+)
 TOPICS = ("verdict", "defect", "status", "metrics")
 
 

@@ -27,6 +27,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -94,6 +95,9 @@ class EventPublisher:
         # extra fields of the "online" status, set before ``start`` (build_pipeline: the artifact chosen
         # for this machine and the capacity against the line rate)
         self.status_extra: dict[str, Any] = {}
+        # commands for this station: ``on_command(name, payload dict)`` for each message on
+        # <root>/command/<name> (build_pipeline: ``reload``); None: no subscription
+        self.on_command: Callable[[str, dict[str, Any]], None] | None = None
         self._cond = threading.Condition()
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: status/metrics)
         self._early_acks: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
@@ -155,6 +159,7 @@ class EventPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
         self._state = "connecting"
         host, port = self.config.host, self.config.port
         try:
@@ -247,11 +252,30 @@ class EventPublisher:
         return left
 
     # -- internals -----------------------------------------------------------------------------------
-    def _status(self, state: str, reason: str) -> dict[str, Any]:
+    def set_model(self, model_info: dict[str, Any] | RunningModel) -> None:
+        """The model identity verdict, defect and status events carry from now on (after a reload, set by
+        the decision stage before the first part of the new vocabulary is published)."""
+        self.model = (
+            model_info if isinstance(model_info, RunningModel) else RunningModel.model_validate(model_info)
+        )
+
+    def announce(self, reason: str, extra: dict[str, Any], model_info: dict[str, Any] | None = None) -> bool:
+        """Publish the retained "online" status now with ``reason`` and ``extra`` (e.g. a reload's outcome
+        and the running vocabulary); ``extra`` stays in every later status (reconnects). ``model_info``: the
+        model the status names (default the publisher's). Returns whether it was handed to the network
+        (disconnected: the next connection's status carries ``extra``)."""
+        self.status_extra.update(extra)
+        if not self._connected or self._client is None:
+            return False
+        model = RunningModel.model_validate(model_info) if model_info is not None else None
+        payload = json.dumps(self._status("online", reason, model)).encode()
+        return self._publish_tracked(self.topic("status"), payload, 1, True, None)
+
+    def _status(self, state: str, reason: str, model: RunningModel | None = None) -> dict[str, Any]:
         return status_payload(
             state,
             self.station,
-            self.model,
+            model or self.model,
             self.client_id,
             reason,
             extra={
@@ -370,6 +394,8 @@ class EventPublisher:
         self._connects += 1
         self._state = "connected"
         log.info("MQTT connected to %s:%s as %s", self.config.host, self.config.port, self.client_id)
+        if self.on_command is not None:  # (again) on every connection: the session may be clean
+            client.subscribe(self.topic("command/+"), qos=1)
         self._publish_tracked(
             self.topic("status"), json.dumps(self._status("online", "connected")).encode(), 1, True, None
         )
@@ -401,6 +427,23 @@ class EventPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         if self._error is None and not self._stopping:
             self._state = f"connecting (broker {self.config.host}:{self.config.port} unreachable); retrying"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        """A command on <root>/command/<name>: JSON object payload (empty: {}); others are logged, ignored."""
+        name = msg.topic.rsplit("/", 1)[-1]
+        try:
+            payload = json.loads(msg.payload) if msg.payload.strip() else {}
+            if not isinstance(payload, dict):
+                raise ValueError(f"a JSON object, not {type(payload).__name__}")
+        except ValueError as e:
+            log.warning("MQTT command on %s ignored: payload is not a JSON object (%s)", msg.topic, e)
+            return
+        if self.on_command is None:
+            return
+        try:
+            self.on_command(name, payload)
+        except Exception:  # noqa: BLE001 - paho's network thread must go on
+            log.exception("MQTT command %s failed", msg.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cond:
