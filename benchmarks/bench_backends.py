@@ -64,7 +64,7 @@ def random_source(variant: str) -> ExportSource:
     size = cfg.resolved().img_size
     spec = PreprocessSpec((size, size), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     return ExportSource(
-        model, variant, spec, classes, f"random:{cfg.text_dim}", emb.float(), {}, None, cfg.to_dict()
+        model, variant, spec, classes, f"random:{cfg.text_dim}", emb.float(), {}, None, cfg.model_dump()
     )
 
 
