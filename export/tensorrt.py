@@ -1,6 +1,6 @@
-"""TensorRT engines from the exported ONNX, through the TensorRT Python API and pycuda.
+"""TensorRT engines from the exported ONNX, through the TensorRT Python API and cuda-python.
 
-Deliberately torch-free (numpy, tensorrt, pycuda only) so the same engine-building code can run on an edge box
+Deliberately torch-free (numpy, tensorrt, cuda-python only) so the same engine-building code can run on an edge box
 that has no torch; the runtime builds its own engine from the shipped ONNX at first start
 (``rtvp_edge/backends/tensorrt.py``), because engines are tied to the GPU model and the TensorRT version.
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from export.targets import BuildContext, Built, Target
+from rtvp_edge.backends.cuda_runtime import Cuda, cuda_usable
 from rtvp_edge.backends.tensorrt import build_serialized_engine, built_precision, trt_major
 
 log = logging.getLogger("rtvp_export")
@@ -44,7 +45,7 @@ OPT_BATCH = 6
 
 
 def tensorrt_available() -> tuple[bool, str]:
-    """(True, version) when TensorRT, pycuda and a CUDA GPU are usable here, else (False, why)."""
+    """(True, version) when TensorRT, cuda-python and a CUDA GPU are usable here, else (False, why)."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -52,14 +53,9 @@ def tensorrt_available() -> tuple[bool, str]:
             False,
             "TensorRT is not installed (pip install 'rtvp-edge[tensorrt]' on a machine with an NVIDIA GPU)",
         )
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() == 0:
-            return False, "no CUDA GPU found"
-    except Exception as e:  # ImportError or a CUDA driver error
-        return False, f"pycuda/CUDA not usable ({type(e).__name__}: {e})"
+    usable, why = cuda_usable(0)
+    if not usable:
+        return False, why
     return True, trt.__version__
 
 
@@ -125,17 +121,17 @@ class CalibrationCache:
 def make_entropy_calibrator(batches: CalibrationBatches | None, cache: CalibrationCache, input_name: str):
     """An ``IInt8EntropyCalibrator2`` (TensorRT 10.x) over ``batches``, reusing ``cache``.
 
-    With a cache present and ``batches`` None, TensorRT reads the ranges from the cache alone.
+    With a cache present and ``batches`` None, TensorRT reads the ranges from the cache alone. The device
+    buffer TensorRT reads a batch from is allocated on GPU 0 at the first batch and freed by ``close()``.
     """
-    import pycuda.autoinit  # noqa: F401  (creates the CUDA context the device buffer lives in)
-    import pycuda.driver as cuda
     import tensorrt as trt
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
             self.batches = batches
-            self.device_input = None
+            self.device_input: int | None = None
+            self.cuda: Cuda | None = None
 
         def get_batch_size(self) -> int:
             return batches.batch_size if batches is not None else 1
@@ -147,9 +143,17 @@ def make_entropy_calibrator(batches: CalibrationBatches | None, cache: Calibrati
             if batch is None:
                 return None
             if self.device_input is None:
-                self.device_input = cuda.mem_alloc(batch.nbytes)
-            cuda.memcpy_htod(self.device_input, batch)
-            return [int(self.device_input)]
+                self.cuda = Cuda(0)
+                self.device_input = self.cuda.malloc(batch.nbytes)
+            self.cuda.use()  # TensorRT may ask from another thread than the one that allocated
+            self.cuda.to_device(self.device_input, batch)  # synchronous: TensorRT reads it right after
+            return [self.device_input]
+
+        def close(self) -> None:
+            if self.device_input is not None:
+                self.cuda.use()
+                self.cuda.free(self.device_input)
+                self.device_input = None
 
         def read_calibration_cache(self):
             return cache.read()
@@ -209,13 +213,11 @@ def export_tensorrt(
     Returns its ``rtvp_edge.bundle.Artifact``. The edge box may instead build its own engine from
     ``model.onnx`` at first start (different GPU or TensorRT version).
     """
-    import pycuda.autoinit  # noqa: F401
-    import pycuda.driver as cuda
     import tensorrt as trt
 
     from rtvp_edge.bundle import Artifact
 
-    gpu = cuda.Device(0).name()
+    gpu = Cuda(0).name
     precision = "int8" if int8 else "fp16" if half else "fp32"
     engine = (
         bundle_dir
@@ -245,7 +247,11 @@ def export_tensorrt(
                 CalibrationBatches(samples, min(8, len(samples))), cache, "images"
             )
             notes += "; IInt8EntropyCalibrator2, cache tensorrt/calibration.cache"
-    build_engine(source, engine, precision, calibrator=calibrator)
+    try:
+        build_engine(source, engine, precision, calibrator=calibrator)
+    finally:
+        if calibrator is not None:
+            calibrator.close()  # the calibration batch's device buffer
     precision = built_precision(trt.__version__, precision)  # what the bundle records is what was built
     art = Artifact(
         backend="tensorrt",

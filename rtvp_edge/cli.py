@@ -105,6 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     li.add_argument("--defects", action="store_true", help="also print one line per defect event")
     li.add_argument(
+        "--show",
+        type=int,
+        default=3,
+        metavar="N",
+        help="list a verdict's N highest-scored defects on its line and count the rest (default 3; 0: none listed)",
+    )
+    li.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="count, do not list, defects scored under S (default 0: list what the line reported)",
+    )
+    li.add_argument(
         "--wait-broker",
         type=float,
         default=300.0,
@@ -338,6 +352,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from rtvp_edge.listen import run_listen
     from rtvp_edge.pipeline import station_ids
 
+    if args.show < 0:
+        return _fail(f"--show must be >= 0, got {args.show}", EXIT_CONFIG)
+    if not 0.0 <= args.min_score <= 1.0:
+        return _fail(f"--min-score must be between 0 and 1, got {args.min_score}", EXIT_CONFIG)
     config = load_line_config(args.line)
     root = config.mqtt.station_root(station_ids(config))
     run_listen(
@@ -349,6 +367,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         show_defects=args.defects,
         wait_for_broker=args.wait_broker,
         until_offline=not args.follow,
+        max_defects=args.show,
+        min_score=args.min_score,
     )
     return EXIT_OK
 

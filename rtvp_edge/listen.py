@@ -83,7 +83,43 @@ def metrics_summary(m: dict[str, Any]) -> str:
     return "  ".join(fields)
 
 
-def format_event(topic: str, payload: bytes, seen_before: bool = False, colour: bool = False) -> str | None:
+def _score(d: dict) -> float:
+    try:
+        return float(d.get("score", 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _defects_text(defects: list, max_defects: int | None, min_score: float) -> str:
+    """The verdict line's defects: highest score first, those under ``min_score`` and beyond the first
+    ``max_defects`` counted, not listed (the event itself keeps them all)."""
+    defects = sorted((d for d in defects if isinstance(d, dict)), key=_score, reverse=True)
+    shown = [d for d in defects if _score(d) >= min_score]
+    low = len(defects) - len(shown)
+    more = 0
+    if max_defects is not None and len(shown) > max_defects:
+        more, shown = len(shown) - max_defects, shown[:max_defects]
+    text = "; ".join(
+        f"{d.get('camera_id')} {d.get('class_name')} {_score(d):.2f} {_box(d.get('box', []))}" for d in shown
+    )
+    rest = []
+    if more:
+        rest.append(f"{more} more")
+    if low:
+        rest.append(f"{low} under {min_score:.2f}")
+    if rest:
+        text += ("; " if text else "") + "+ " + ", ".join(rest)
+    return "  " + text if text else ""
+
+
+def format_event(
+    topic: str,
+    payload: bytes,
+    seen_before: bool = False,
+    colour: bool = False,
+    max_defects: int | None = 3,
+    min_score: float = 0.0,
+) -> str | None:
     """One human-readable line for one message (None for per-defect events: the verdict line lists them).
 
     Args:
@@ -91,6 +127,10 @@ def format_event(topic: str, payload: bytes, seen_before: bool = False, colour: 
         payload: raw payload bytes.
         seen_before: the event id was printed already (a redelivery).
         colour: ANSI colours for OK/NG/INCOMPLETE.
+        max_defects: list at most this many of a verdict's defects, highest score first (None: all); the
+            rest are counted ("+ 4 more").
+        min_score: defects scored under this are counted, not listed (the line's own thresholds already
+            decided what was reported; this only shortens what a person reads).
     """
     try:
         event = json.loads(payload)
@@ -108,15 +148,7 @@ def format_event(topic: str, payload: bytes, seen_before: bool = False, colour: 
         parts = [
             f"{_clock(event.get('decided_ts'))}  {station}  {event.get('part_id')}  {shown} seq {event.get('seq')}"
         ]
-        defects = event.get("defects") or []
-        if defects:
-            parts.append(
-                "  "
-                + "; ".join(
-                    f"{d.get('camera_id')} {d.get('class_name')} {float(d.get('score', 0)):.2f} {_box(d.get('box', []))}"
-                    for d in defects
-                )
-            )
+        parts.append(_defects_text(event.get("defects") or [], max_defects, min_score))
         if event.get("missing_views"):
             parts.append("  missing views " + ",".join(str(v) for v in event["missing_views"]))
         latency = (event.get("latency_ms") or {}).get("trigger_to_verdict")
@@ -150,6 +182,8 @@ def run_listen(
     colour: bool | None = None,
     wait_for_broker: float = 0.0,
     until_offline: bool = False,
+    max_defects: int | None = 3,
+    min_score: float = 0.0,
 ) -> int:
     """Subscribe to ``<topic_root>/#`` and print every event until ``max_messages`` or ``timeout``.
 
@@ -167,6 +201,7 @@ def run_listen(
             the demo started its embedded broker); 0 gives up at once.
         until_offline: stop after a station's clean "offline" status published while listening (not the
             retained one of an earlier run that a new subscription receives).
+        max_defects, min_score: how many of a verdict's defects its line lists (see ``format_event``).
 
     Returns:
         The number of messages received. Raises ``MqttConnectError`` when the broker cannot be
@@ -232,7 +267,8 @@ def run_listen(
         if first is None and answer["reason"].is_failure:
             raise MqttConnectError(f"MQTT broker {where} refused the connection: {answer['reason']}")
         print(f"listening on {where} to {topic_filter} (times UTC, Ctrl-C to stop)", file=out, flush=True)
-        return _print_loop(inbox, out, max_messages, timeout, show_defects, colour, until_offline)
+        shown = {"max_defects": max_defects, "min_score": min_score}
+        return _print_loop(inbox, out, max_messages, timeout, show_defects, colour, until_offline, shown)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -249,7 +285,8 @@ def _is_clean_stop(payload: bytes) -> bool:
     return False
 
 
-def _print_loop(inbox, out, max_messages, timeout, show_defects, colour, until_offline=False) -> int:
+def _print_loop(inbox, out, max_messages, timeout, show_defects, colour, until_offline, shown) -> int:
+    min_score = shown["min_score"]
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: OrderedDict[str, None] = OrderedDict()  # recent event ids, bounded
     count = 0
@@ -273,9 +310,17 @@ def _print_loop(inbox, out, max_messages, timeout, show_defects, colour, until_o
             seen[event_id] = None
             if len(seen) > 10_000:
                 seen.popitem(last=False)
-        line = format_event(topic, payload, seen_before=seen_before, colour=colour)
+        line = format_event(
+            topic,
+            payload,
+            seen_before=seen_before,
+            colour=colour,
+            **shown,
+        )
         if line is None and show_defects:
             d = json.loads(payload)
+            if _score(d) < min_score:
+                continue
             line = (
                 f"{_clock(d.get('ts'))}  {d['station']['station']}  {d.get('part_id')}  defect "
                 f"{d.get('camera_id')} {d.get('class_name')} {float(d.get('score', 0)):.2f} {_box(d.get('box', []))}"

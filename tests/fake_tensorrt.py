@@ -1,4 +1,4 @@
-"""A stand-in for the parts of the TensorRT 10/11 and pycuda Python APIs this project calls, for machines
+"""A stand-in for the parts of the TensorRT 10/11 and cuda-python (CUDA runtime) APIs this project calls, for machines
 without an NVIDIA GPU.
 
 It checks our side of the contract, not TensorRT: which builder flags, calibrators and optimisation profiles we
@@ -12,7 +12,9 @@ Install with ``install(monkeypatch, version)``; the returned ``FakeTensorRT`` re
 
 from __future__ import annotations
 
+import ctypes
 import sys
+import threading
 import types
 
 import numpy as np
@@ -210,90 +212,147 @@ _ALLOCATIONS: dict[int, _DeviceAllocation] = {}
 
 
 class _DeviceAllocation:
-    _next = 0x1000
+    """A "device" buffer: host bytes whose address the fake hands out as the device pointer, so copies are
+    plain ``ctypes.memmove`` between real addresses (a wrong size or address corrupts or faults, as on a GPU)."""
 
     def __init__(self, nbytes: int):
-        self.data = np.zeros(nbytes, np.uint8)
-        self.address = _DeviceAllocation._next
-        _DeviceAllocation._next += max(nbytes, 1) + 256
+        self.data = np.zeros(max(nbytes, 1), np.uint8)
+        self.address = self.data.ctypes.data
         _ALLOCATIONS[self.address] = self
-        self.freed = False
+
+
+class _Enum:
+    """An enum value of the bindings (compares by value, has a name)."""
+
+    def __init__(self, name: str, value: int):
+        self.name, self.value = name, value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Enum) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {self.value}>"
+
+
+class _Stream:
+    def __init__(self, handle: int):
+        self.handle = handle
 
     def __int__(self) -> int:
-        return self.address
-
-    def free(self) -> None:
-        if self.freed:
-            raise RuntimeError("double free")
-        self.freed = True
-        del _ALLOCATIONS[self.address]
+        return self.handle
 
 
-class FakeCuda(types.ModuleType):
-    """``pycuda.driver``: allocations are host arrays; ``live()`` counts what is not freed."""
+class FakeCudaRuntime(types.ModuleType):
+    """``cuda.bindings.runtime`` of cuda-python: every call returns ``(cudaError_t, *results)``.
 
-    def __init__(self, gpu_name: str = "Fake GPU 80GB"):
-        super().__init__("pycuda.driver")
-        self.contexts: list[str] = []
-        cuda = self
+    Stricter than CUDA where it helps a test: memory and stream calls from a thread that has not made the
+    device current (``cudaSetDevice``) fail with ``cudaErrorInvalidDevice``, device pointers must come from
+    ``cudaMalloc`` and hold the bytes copied, and a double free fails. ``live()`` counts unfreed buffers and
+    ``streams`` the streams not destroyed.
+    """
 
-        class Stream:
-            handle = 1
+    def __init__(self, gpu_name: str = "Fake GPU 80GB", gpus: int = 1):
+        super().__init__("cuda.bindings.runtime")
+        codes = {"cudaSuccess": 0, "cudaErrorInvalidValue": 1, "cudaErrorNoDevice": 100,
+                 "cudaErrorInvalidDevice": 101, "cudaErrorInvalidResourceHandle": 400}  # fmt: skip
+        self.cudaError_t = types.SimpleNamespace(**{k: _Enum(k, v) for k, v in codes.items()})
+        kinds = {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2}
+        self.cudaMemcpyKind = types.SimpleNamespace(**{k: _Enum(k, v) for k, v in kinds.items()})
+        self.gpu_name, self.gpus = gpu_name, gpus
+        self.current: dict[int, int] = {}  # thread id -> device made current there
+        self.streams: set[int] = set()
+        self.calls: list[tuple[str, int]] = []  # (call, thread id)
+        self._next_stream = 7
 
-            def synchronize(self):
-                pass
+    def _ok(self, *results):
+        return (self.cudaError_t.cudaSuccess, *results)
 
-        class Context:
-            def push(self):
-                cuda.contexts.append("push")
+    def _err(self, name: str, n_results: int = 0):
+        return (getattr(self.cudaError_t, name),) + (None,) * n_results
 
-            def pop(self):
-                cuda.contexts.append("pop")
+    def _on_device(self, call: str) -> bool:
+        me = threading.get_ident()
+        self.calls.append((call, me))
+        return me in self.current
 
-            def detach(self):
-                cuda.contexts.append("detach")
+    def cudaGetErrorName(self, error):
+        return self._ok(error.name.encode())
 
-        class Device:
-            def __init__(self, i):
-                self.i = i
+    def cudaGetDeviceCount(self):
+        return self._ok(self.gpus)
 
-            def name(self):
-                return gpu_name
+    def cudaSetDevice(self, device: int):
+        if not 0 <= device < self.gpus:
+            return self._err("cudaErrorInvalidDevice")
+        self.current[threading.get_ident()] = device
+        return self._ok()
 
-            def make_context(self):  # pycuda: creates the context and makes it current (pushed)
-                cuda.contexts.append("push")
-                return Context()
+    def cudaGetDeviceProperties(self, device: int):
+        if not 0 <= device < self.gpus:
+            return self._err("cudaErrorInvalidDevice", 1)
+        return self._ok(types.SimpleNamespace(name=self.gpu_name.encode() + b"\0" * 8))
 
-            @staticmethod
-            def count():
-                return 1
+    def cudaStreamCreate(self):
+        if not self._on_device("cudaStreamCreate"):
+            return self._err("cudaErrorInvalidDevice", 1)
+        self._next_stream += 1
+        self.streams.add(self._next_stream)
+        return self._ok(_Stream(self._next_stream))
 
-        self.Stream, self.Device = Stream, Device
-        self.init = lambda: None
-        self.mem_alloc = _DeviceAllocation
-        self.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+    def cudaStreamDestroy(self, stream):
+        if int(stream) not in self.streams:
+            return self._err("cudaErrorInvalidResourceHandle")
+        self.streams.discard(int(stream))
+        return self._ok()
 
-    @staticmethod
-    def memcpy_htod_async(dest, src, stream):
-        src = np.ascontiguousarray(src)
-        dest.data[: src.nbytes] = src.view(np.uint8).ravel()
+    def cudaStreamSynchronize(self, stream):
+        if not self._on_device("cudaStreamSynchronize") or int(stream) not in self.streams:
+            return self._err("cudaErrorInvalidResourceHandle")
+        return self._ok()
 
-    @staticmethod
-    def memcpy_dtoh_async(dest, src, stream):
-        dest.view(np.uint8).ravel()[:] = src.data[: dest.nbytes]
+    def cudaMalloc(self, nbytes: int):
+        if not self._on_device("cudaMalloc"):
+            return self._err("cudaErrorInvalidDevice", 1)
+        return self._ok(_DeviceAllocation(nbytes).address)
+
+    def cudaFree(self, pointer: int):
+        if _ALLOCATIONS.pop(int(pointer), None) is None:
+            return self._err("cudaErrorInvalidValue")  # double free or not from cudaMalloc
+        return self._ok()
+
+    def _copy(self, call: str, dst: int, src: int, count: int, kind) -> tuple:
+        if not self._on_device(call):
+            return self._err("cudaErrorInvalidDevice")
+        device = dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src
+        alloc = _ALLOCATIONS.get(int(device))
+        if alloc is None or count > alloc.data.nbytes:
+            return self._err("cudaErrorInvalidValue")
+        ctypes.memmove(int(dst), int(src), count)
+        return self._ok()
+
+    def cudaMemcpy(self, dst, src, count, kind):
+        return self._copy("cudaMemcpy", dst, src, count, kind)
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        if int(stream) not in self.streams:
+            return self._err("cudaErrorInvalidResourceHandle")
+        return self._copy("cudaMemcpyAsync", dst, src, count, kind)
 
     @staticmethod
     def live() -> int:
         return len(_ALLOCATIONS)
 
 
-def install(monkeypatch, version: str) -> tuple[FakeTensorRT, FakeCuda]:
-    """Put the fakes in ``sys.modules`` as ``tensorrt``, ``pycuda``, ``pycuda.driver``, ``pycuda.autoinit``."""
-    trt, cuda = FakeTensorRT(version), FakeCuda()
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = cuda
+def install(monkeypatch, version: str) -> tuple[FakeTensorRT, FakeCudaRuntime]:
+    """Put the fakes in ``sys.modules`` as ``tensorrt`` and cuda-python's ``cuda.bindings.runtime``."""
+    trt, runtime = FakeTensorRT(version), FakeCudaRuntime()
+    cuda_pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    bindings.runtime, cuda_pkg.bindings = runtime, bindings
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-    monkeypatch.setitem(sys.modules, "pycuda.autoinit", types.ModuleType("pycuda.autoinit"))
-    return trt, cuda
+    monkeypatch.setitem(sys.modules, "cuda", cuda_pkg)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    return trt, runtime

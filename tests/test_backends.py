@@ -338,7 +338,7 @@ def test_tensorrt_matches_onnxruntime(toy_bundle, tmp_path, monkeypatch):
     pytest.importorskip(
         "tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU + the tensorrt extra)"
     )
-    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
     monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path))
     m = load_manifest(toy_bundle)
     trt_b = load_backend("tensorrt", toy_bundle, m, "0")

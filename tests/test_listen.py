@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -50,7 +51,10 @@ def test_listen_prints_verdicts_status_and_metrics(mosquitto, tmp_path):
     assert len(lines) == 6  # defect events are folded into their verdict's line
     assert "status ONLINE" in lines[0] and "rtvpnet_s test-1 int8" in lines[0]
     assert "C000000  OK" in lines[1] and "seq 1" in lines[1]
-    assert "C000002  NG" in lines[2] and "L1 oil 0.50 (10,20,60,80); L2 black spot 0.51" in lines[2]
+    assert (
+        "C000002  NG" in lines[2]
+        and "L2 black spot 0.51 (11,20,62,80); L1 oil 0.50 (10,20,60,80)" in lines[2]
+    )  # highest first
     assert "[150 ms]" in lines[2]
     assert "C000003  INCOMPLETE" in lines[3] and "missing views 4,5" in lines[3]
     assert "metrics  0 parts 4.91/s  cameras 1/1 streaming" in lines[4], lines[4]
@@ -65,6 +69,43 @@ def test_format_marks_redeliveries_and_unreadable_payloads():
     assert "P1" in line and line.endswith("(again)")
     assert "unreadable payload (5 bytes)" in format_event("rtvp/a/b/c/verdict", b"\xff\xfeabc")
     assert format_event("rtvp/a/b/c/defect", b'{"kind": "defect"}') is None
+
+
+def _ng(scores):
+    defects = [
+        {"camera_id": f"R{i}", "class_name": "stone", "score": sc, "box": [1, 2, 3, 4]}
+        for i, sc in enumerate(scores)
+    ]
+    return json.dumps(
+        {"kind": "verdict", "verdict": "NG", "part_id": "P9", "seq": 1, "defects": defects}
+    ).encode()
+
+
+def test_verdict_line_lists_the_highest_scored_defects_and_counts_the_rest():
+    payload = _ng([0.05, 0.91, 0.40, 0.03, 0.77, 0.12])
+    line = format_event("rtvp/a/b/c/verdict", payload)  # default: the three highest
+    assert "R1 stone 0.91" in line and "R4 stone 0.77" in line and "R2 stone 0.40" in line
+    assert (
+        "0.12" not in line
+        and "0.05" not in line
+        and line.index("0.91") < line.index("0.77") < line.index("0.40")
+    )
+    assert line.endswith("+ 3 more")
+    line = format_event("rtvp/a/b/c/verdict", payload, max_defects=None, min_score=0.1)
+    assert "0.12" in line and "0.05" not in line and line.endswith("+ 2 under 0.10")
+    line = format_event("rtvp/a/b/c/verdict", payload, max_defects=0)
+    assert "stone" not in line and line.endswith("+ 6 more")
+    assert "more" not in format_event("rtvp/a/b/c/verdict", _ng([0.5, 0.6]))
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--show", "-1", "--show must be >= 0, got -1"),
+                                                        ("--min-score", "1.5", "--min-score must be between 0 and 1, got 1.5")])  # fmt: skip
+def test_listen_flags_out_of_range_are_named(tmp_path, capsys, flag, value, message):
+    from rtvp_edge import cli
+
+    line = tmp_path / "line.yaml"  # never read: the flag is refused first
+    assert cli.main(["listen", "--line", str(line), flag, value]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_listen_errors_are_clear(mosquitto_factory, tmp_path, monkeypatch):

@@ -1,11 +1,13 @@
 """The TensorRT code paths (engine build for ``rtvp-export`` and the runtime backend, engine execution) against
-``tests/fake_tensorrt.py``, an emulation of the TensorRT 10/11 + pycuda API surface we call. This checks what
+``tests/fake_tensorrt.py``, an emulation of the TensorRT 10/11 + cuda-python (CUDA runtime) API surface we call. This checks what
 we ask TensorRT for on each major version and the buffer plumbing; it does not check TensorRT itself, which
 no machine here has (the GPU tests in test_backends.py / test_export_tensorrt.py do, and skip here)."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 
 import numpy as np
 import onnx
@@ -109,9 +111,19 @@ def test_runtime_backend_builds_caches_and_runs_like_onnxruntime(monkeypatch, tm
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
     assert np.ptp(scores) > 0.5  # image-dependent outputs, so a mix-up of buffers would show
     assert cuda.live() == 0, "device buffers are freed after each call"
-    assert cuda.contexts.count("push") == cuda.contexts.count("pop") >= 2
+    # the runtime API's current device is per thread: a call from another thread (the pipeline's inference
+    # worker) must make the GPU current there itself (the fake refuses memory calls otherwise)
+    got = []
+    worker = threading.Thread(target=lambda: got.append(backend.infer(x)))
+    worker.start()
+    worker.join()
+    assert len(got) == 1, "inference on another thread failed"
+    np.testing.assert_allclose(got[0][1], ref_scores, atol=1e-6)
+    assert {t for call, t in cuda.calls if call == "cudaMalloc"} == {threading.get_ident(), worker.ident}
+    assert len(cuda.streams) == 1
     backend.close()
-    assert cuda.contexts[-1] == "detach"
+    assert not cuda.streams, "close() destroys the stream"
+    assert cuda.live() == 0
     # the next start finds the engine in the cache and builds nothing
     load_backend("tensorrt", toy, m, "0").close()
     assert trt.builds == 1
@@ -192,3 +204,82 @@ def test_runtime_cache_key_names_the_precision_trt11_really_builds(monkeypatch, 
     assert trt.record[-1][1].flags == []  # no FP16 flag to set on a strongly typed build
     (engine,) = (tmp_path / "cache" / "tensorrt").glob("*.engine")
     assert engine.name.endswith("-trt11.1.0-fp32.engine")
+
+
+# --- the CUDA runtime calls (cuda-python) -------------------------------------------------------------
+
+
+def test_cuda_errors_name_the_call_and_the_cuda_error(monkeypatch):
+    from rtvp_edge.backends.cuda_runtime import Cuda, CudaError
+
+    _, rt = fake_tensorrt.install(monkeypatch, "10.8.0")
+    with pytest.raises(CudaError, match=r"GPU 3 asked for, this machine has 1 \(0..0\)"):
+        Cuda(3)
+    cuda = Cuda(0)
+    assert cuda.name == "Fake GPU 80GB"  # the NUL padding of cudaDeviceProp.name is cut
+    d = cuda.malloc(16)
+    cuda.free(d)
+    with pytest.raises(CudaError, match="cudaFree failed: cudaErrorInvalidValue"):
+        cuda.free(d)
+    rt.gpus = 0
+    with pytest.raises(CudaError, match="no CUDA GPU found"):
+        Cuda(0)
+
+
+def test_tensorrt_backend_on_a_gpu_that_is_not_there_names_it(monkeypatch, tmp_path, toy):
+    fake_tensorrt.install(monkeypatch, "10.8.0")
+    monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BundleError, match="backend tensorrt on GPU 2: GPU 2 asked for"):
+        load_backend("tensorrt", toy, load_manifest(toy), "2")
+
+
+def test_tensorrt_backend_without_cuda_python_names_the_extra(monkeypatch, toy):
+    fake_tensorrt.install(monkeypatch, "10.8.0")
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    with pytest.raises(BundleError, match=r"needs TensorRT and cuda-python .*rtvp-edge\[tensorrt\]"):
+        load_backend("tensorrt", toy, load_manifest(toy), "0")
+
+
+def test_int8_calibrator_copies_each_batch_to_the_device_and_frees_it(monkeypatch, tmp_path):
+    from export.tensorrt import CalibrationBatches, CalibrationCache, make_entropy_calibrator
+    from tests.fake_tensorrt import _ALLOCATIONS
+
+    _, rt = fake_tensorrt.install(monkeypatch, "10.8.0")
+    samples = [np.full((3, 4, 4), i, np.float32) for i in range(5)]
+    calib = make_entropy_calibrator(
+        CalibrationBatches(samples, 2), CalibrationCache(tmp_path / "c"), "images"
+    )
+    seen = []
+    while (pointers := calib.get_batch(["images"])) is not None:
+        (pointer,) = pointers
+        seen.append(_ALLOCATIONS[pointer].data.view(np.float32).reshape(2, 3, 4, 4)[:, 0, 0, 0].tolist())
+    assert seen == [[0.0, 1.0], [2.0, 3.0]]  # the incomplete last batch is dropped
+    assert rt.live() == 1  # one device buffer, reused for every batch
+    calib.close()
+    assert rt.live() == 0
+
+
+def test_the_cuda_calls_exist_in_the_real_cuda_python():
+    """The names the wrapper calls, checked against the installed bindings (torch's CUDA build brings
+    cuda-bindings; the [tensorrt] extra installs cuda-python). Without a GPU the calls answer with an error,
+    which ``cuda_usable`` reports instead of raising."""
+    runtime = pytest.importorskip(
+        "cuda.bindings.runtime", reason="cuda-python (cuda-bindings) is not installed"
+    )
+    from rtvp_edge.backends.cuda_runtime import cuda_usable, import_cudart
+
+    assert import_cudart() is runtime
+    for call in ("cudaGetDeviceCount", "cudaSetDevice", "cudaGetDeviceProperties", "cudaGetErrorName",
+                 "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize", "cudaMalloc", "cudaFree",
+                 "cudaMemcpy", "cudaMemcpyAsync"):  # fmt: skip
+        assert callable(getattr(runtime, call)), call
+    assert runtime.cudaError_t.cudaSuccess is not None
+    assert runtime.cudaMemcpyKind.cudaMemcpyHostToDevice != runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    usable, why = cuda_usable(0)
+    if usable:
+        assert why  # the GPU's name
+    else:
+        assert why.startswith("CUDA not usable (CudaError: cudaGetDeviceCount failed: cudaError") or (
+            "no CUDA GPU" in why
+        ), why

