@@ -9,7 +9,7 @@ INT8, by TensorRT version:
   set; the calibration cache is written next to the engine and reused by later builds (same graph, same
   calibration set) so a rebuild for another GPU does not need the images again.
 - TensorRT >= 11 removed implicit quantization and calibrators: the INT8 engine is built from an explicit
-  Q/DQ ONNX (``export.onnxruntime_int8.quantize_qdq`` with symmetric int8 activations, which TensorRT requires).
+  Q/DQ ONNX (``export.onnxruntime_backend.quantize_qdq`` with symmetric int8 activations, which TensorRT requires).
 
 Engines are named and recorded with the GPU name and TensorRT version:
 ``tensorrt/model.<gpu>.trt<version>.<precision>.engine``.
@@ -229,7 +229,7 @@ def export_tensorrt(
     notes = f"built for {gpu} with TensorRT {trt.__version__}"
     if int8:
         if trt_major(trt.__version__) >= 11:
-            from export.onnxruntime_int8 import quantize_qdq
+            from export.onnxruntime_backend import quantize_qdq
 
             source, _, _ = quantize_qdq(
                 onnx_path,

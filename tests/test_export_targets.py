@@ -13,9 +13,17 @@ from test_export import THRESHOLD, _source
 
 import export.targets as targets
 from export.errors import ExportError
-from export.options import BundleOptions, ExportOptions, Int8Options, check_options
+from export.options import (
+    AccuracyOptions,
+    BundleOptions,
+    CalibrationOptions,
+    ExportOptions,
+    Int8Options,
+    check_options,
+)
 from export.pipeline import data_stage, export_bundle, onnx_stage, vocabulary_stage
 from export.targets import BuildContext, Built, Target, get_target
+from export.verify import verify_bundle
 from rtvp_edge.backends import BACKENDS, open_model
 from rtvp_edge.bundle import Artifact, BundleError, load_manifest
 
@@ -143,3 +151,42 @@ def test_open_model_runs_a_file_outside_a_bundle_and_names_what_it_cannot(tmp_pa
         open_model("tensorrt", ctx.onnx_path)
     with pytest.raises(BundleError, match="unknown backend 'coreml'"):
         open_model("coreml", ctx.onnx_path)
+
+
+@pytest.fixture(scope="module")
+def glass_data(tmp_path_factory):
+    gen = pytest.importorskip("training.data.generate", reason="the rig's data generator is not installed")
+    out = tmp_path_factory.mktemp("glass")
+    return gen.generate_dataset(out, containers=6, protocol="closed", seed=3, progress=False)["closed"]
+
+
+@pytest.mark.parametrize("version", ["10.8.0", "11.1.0"])
+def test_tensorrt_int8_through_the_pipeline_on_the_runtime_backend(
+    monkeypatch, tmp_path, glass_data, version
+):
+    """``--target tensorrt --int8`` against the TensorRT emulation (tests/fake_tensorrt.py; its engines are
+    their ONNX run by ONNX Runtime): TensorRT 10 calibrates, 11 builds from the Q/DQ graph; the accuracy
+    guard, the golden outputs and ``verify_bundle`` all run the engine on the runtime's TensorRT backend."""
+    import torch._dynamo  # noqa: F401 - before the fake: the ONNX export imports it, and it probes "tensorrt"
+
+    from tests import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch, version)
+    monkeypatch.setenv("RTVP_EDGE_CACHE", str(tmp_path / "cache"))
+    int8 = Int8Options(
+        calibration=CalibrationOptions(data=glass_data, size=8),
+        accuracy=AccuracyOptions(size=6, force=True),  # the random double's AP says nothing
+    )
+    out = tmp_path / "trt"
+    m = export_bundle(_source(), out, replace(FLOAT, target="tensorrt", int8=int8))
+    art = m.artifact("tensorrt")
+    assert art.precision == "int8" and art.path.endswith(f".trt{version}.int8.engine")
+    # TensorRT 11 builds INT8 from the Q/DQ graph; 10 from the calibrator (the emulation never asks it for
+    # batches, so no calibration cache is written here)
+    assert ("model_qdq.onnx" in m.files) == (version == "11.1.0")
+    how = "explicit Q/DQ ONNX" if version == "11.1.0" else "IInt8EntropyCalibrator2"
+    assert how in art.notes
+    assert m.accuracy is not None and art.accuracy == m.accuracy.artifact
+    assert {g.backend for g in m.golden} == {"tensorrt"}
+    assert verify_bundle(out) == {"tensorrt": 2}
+    assert not (tmp_path / "cache").exists()  # the shipped engine ran: none was built from the ONNX
