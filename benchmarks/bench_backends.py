@@ -33,10 +33,19 @@ from machine import cpu_name  # noqa: E402
 from export.accuracy import evaluate, load_eval_set  # noqa: E402
 from export.calibration import build_calibration_set  # noqa: E402
 from export.int8_policy import DEFAULT_FLOAT_BLOCKS  # noqa: E402
-from export.pipeline import ExportOptions, export_bundle  # noqa: E402
-from export.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner  # noqa: E402
+from export.openvino_backend import set_static_batch  # noqa: E402
+from export.options import (  # noqa: E402
+    AccuracyOptions,
+    BundleOptions,
+    CalibrationOptions,
+    ExportOptions,
+    Int8Options,
+)
+from export.pipeline import export_bundle  # noqa: E402
 from export.source import ExportSource, load_source  # noqa: E402
+from export.verify import TorchReference  # noqa: E402
 from export.wrapper import build_wrapper  # noqa: E402
+from rtvp_edge.backends import open_model  # noqa: E402
 from rtvp_edge.bundle import VocabularyClass  # noqa: E402
 from rtvp_edge.preprocess import PreprocessSpec  # noqa: E402
 from rtvp_edge.vocabulary import GLASS_DEFECTS  # noqa: E402
@@ -64,12 +73,23 @@ def random_source(variant: str) -> ExportSource:
     size = cfg.resolved().img_size
     spec = PreprocessSpec((size, size), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     return ExportSource(
-        model, variant, spec, classes, f"random:{cfg.text_dim}", emb.float(), {}, None, cfg.to_dict()
+        model, variant, spec, classes, f"random:{cfg.text_dim}", emb.float(), {}, None, cfg.model_dump()
     )
 
 
+def static_ir(xml: Path, batch: int, workdir: Path) -> Path:
+    """A copy of an IR compiled for a static ``batch`` (``export.openvino_backend.set_static_batch``)."""
+    import shutil
+
+    folder = workdir / f"static{batch}"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(xml, folder / xml.name)
+    shutil.copy(xml.with_suffix(".bin"), folder / xml.with_suffix(".bin").name)
+    return set_static_batch(folder / xml.name, batch)
+
+
 def time_sweeps(runners: dict, batch: np.ndarray, iters: int) -> dict[str, float]:
-    """Median seconds per call of every runner on ``batch``.
+    """Median seconds per call of every runner (``runner(batch)``) on ``batch``.
 
     Each runner runs its iterations back to back (interleaving single calls would let one runtime's
     spinning worker threads steal the CPU from the next), in two sweeps, forward then reverse order, so a
@@ -175,14 +195,18 @@ def main() -> int:
             work / "data", containers=args.containers, protocol="closed", seed=11, progress=False
         )["closed"]
     common = dict(
-        calib_data=data,
-        calib_size=args.calib_size,
-        eval_size=args.eval_size,
         progress=False,
-        golden_count=2,
+        bundle=BundleOptions(golden_count=2),
         batch=-1,  # dynamic IRs: this script compiles each for static batch 1 and 6 itself
-        force=not trained,
-    )  # random weights: AP ~0, the guard has nothing to guard
+    )
+
+    def int8(float_blocks: str | None = DEFAULT_FLOAT_BLOCKS) -> Int8Options:
+        return Int8Options(
+            calibration=CalibrationOptions(data=data, size=args.calib_size),
+            # random weights: AP ~0, the guard has nothing to guard
+            accuracy=AccuracyOptions(size=args.eval_size, force=not trained),
+            float_blocks=float_blocks,
+        )
 
     log.info("exporting FP32 (ONNX + OpenVINO IR)...")
     t0 = time.perf_counter()
@@ -195,7 +219,7 @@ def main() -> int:
         m = export_bundle(
             source,
             work / f"int8_{len(int8_bundles)}",
-            ExportOptions(target="openvino", int8=True, float_blocks=policy, **common),
+            ExportOptions(target="openvino", int8=int8(policy), **common),
         )
         int8_bundles[label] = (m, work / f"int8_{len(int8_bundles)}", time.perf_counter() - t0)
 
@@ -203,36 +227,44 @@ def main() -> int:
     if not args.skip_ort_int8:
         log.info("exporting ONNX Runtime INT8 (QDQ)...")
         t0 = time.perf_counter()
-        m = export_bundle(source, work / "ort_int8", ExportOptions(target="onnx", int8=True, **common))
+        m = export_bundle(source, work / "ort_int8", ExportOptions(target="onnx", int8=int8(), **common))
         ort_int8 = (m, time.perf_counter() - t0)
 
+    # Every artifact runs on the runtime's own backends (rtvp_edge.backends.open_model: the file, no bundle).
     wrapper = build_wrapper(source.model, "folded", source.text_embeddings)
-    runners = {
-        "PyTorch (fp32)": TorchRunner(wrapper),
-        "ONNX Runtime (fp32)": OnnxRuntimeRunner(work / "fp32" / "model.onnx"),
-        "OpenVINO f32 (hint f32)": OpenVINORunner(
-            work / "fp32" / "openvino" / "model.xml", None, {"INFERENCE_PRECISION_HINT": "f32"}
-        ),
-        "OpenVINO default": OpenVINORunner(work / "fp32" / "openvino" / "model.xml"),
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    ov_files = {  # label -> (IR, compile properties)
+        "OpenVINO f32 (hint f32)": (work / "fp32" / "openvino" / "model.xml", f32),
+        "OpenVINO default": (work / "fp32" / "openvino" / "model.xml", {}),
+        **{label: (folder / "openvino" / "model.xml", {}) for label, (_, folder, _) in int8_bundles.items()},
+    }
+    models = {
+        "PyTorch (fp32)": TorchReference(wrapper),
+        "ONNX Runtime (fp32)": open_model("onnxruntime", work / "fp32" / "model.onnx"),
+        **{label: open_model("openvino", xml, properties=props) for label, (xml, props) in ov_files.items()},
     }
     precision = {"PyTorch (fp32)": "fp32", "ONNX Runtime (fp32)": "fp32"}
-    for label in ("OpenVINO f32 (hint f32)", "OpenVINO default"):
-        precision[label] = runners[label].execution_precision()
-    for label, (_, folder, _) in int8_bundles.items():
-        runners[label] = OpenVINORunner(folder / "openvino" / "model.xml")
-        precision[label] = f"int8 + {runners[label].execution_precision()}"
+    for label in ov_files:
+        hint = models[label].describe()["precision_hint"]
+        precision[label] = f"int8 + {hint}" if label in int8_bundles else hint
     if ort_int8 is not None:
-        runners["ONNX Runtime INT8 (QDQ, SAM float)"] = OnnxRuntimeRunner(
-            work / "ort_int8" / "model_int8.onnx"
+        models["ONNX Runtime INT8 (QDQ, SAM float)"] = open_model(
+            "onnxruntime", work / "ort_int8" / "model_int8.onnx"
         )
         precision["ONNX Runtime INT8 (QDQ, SAM float)"] = "int8 (u8 act, s8 per-channel w) + fp32"
+    runners = {k: m.infer for k, m in models.items()}
     calib = build_calibration_set(data, source.preprocess, min(args.calib_size, 16), progress=False)
     b1 = np.stack([calib.sample(0)[0]])
     b6 = np.stack([calib.sample(i % len(calib))[0] for i in range(6)])
     # OpenVINO compiled for a static batch as well: its CPU plugin is faster on static shapes (INT8 most).
-    ov_rows = {k: r for k, r in runners.items() if isinstance(r, OpenVINORunner)}
-    static1 = {k: OpenVINORunner(r.path, None, r.properties, static_batch=1) for k, r in ov_rows.items()}
-    static6 = {k: OpenVINORunner(r.path, None, r.properties, static_batch=6) for k, r in ov_rows.items()}
+    static1, static6 = {}, {}
+    for k, (xml, props) in ov_files.items():
+        static1[k] = open_model(
+            "openvino", static_ir(xml, 1, work / k.replace(" ", "_")), properties=props
+        ).infer
+        static6[k] = open_model(
+            "openvino", static_ir(xml, 6, work / k.replace(" ", "_")), properties=props
+        ).infer
     log.info("timing batch 1 (dynamic, then static)...")
     lat = time_sweeps(runners, b1, args.rounds)
     lat_st = time_sweeps(static1, b1, args.rounds)
@@ -243,7 +275,7 @@ def main() -> int:
     log.info("AP50 on held-out images...")
     eval_set = load_eval_set(data, "val", args.eval_size)
     names = [c.name for c in source.classes]
-    ap = {k: evaluate(r, eval_set, source.preprocess, names, desc=k)[0]["AP50"] for k, r in runners.items()}
+    ap = {k: evaluate(m, eval_set, source.preprocess, names, desc=k)[0]["AP50"] for k, m in models.items()}
     blocks = [] if args.skip_blocks else block_decision(source, calib, work, args.rounds)
 
     base = best["OpenVINO f32 (hint f32)"]

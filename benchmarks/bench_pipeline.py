@@ -102,10 +102,10 @@ def render_frames(containers: int, seed: int = 5) -> dict[str, list[np.ndarray]]
 def make_bundle(out: Path) -> Path:
     """A bundle written by the real export pipeline around ``export.testing.TinyGlassDetector`` at 640x640
     (random weights): the same file layout, preprocessing and golden self-test as the demo bundle."""
-    import cv2
     import torch
 
-    from export.pipeline import ExportOptions, export_bundle
+    from export.options import BundleOptions, ExportOptions
+    from export.pipeline import export_bundle
     from export.source import ExportSource
     from export.testing import TinyGlassDetector
     from rtvp_edge.bundle import VocabularyClass
@@ -113,11 +113,6 @@ def make_bundle(out: Path) -> Path:
     from rtvp_edge.vocabulary import GLASS_DEFECTS
 
     torch.set_num_threads(1)
-    calib = out.parent / "calib"
-    calib.mkdir(parents=True, exist_ok=True)
-    for cam, imgs in render_frames(2, seed=1).items():
-        for i, img in enumerate(imgs):
-            cv2.imwrite(str(calib / f"{cam}_{i}.png"), img)
     torch.manual_seed(0)
     classes = [VocabularyClass(name=c.name, prompt=c.prompt) for c in GLASS_DEFECTS]
     emb = torch.nn.functional.normalize(torch.randn(len(classes), 32), dim=-1)
@@ -129,9 +124,7 @@ def make_bundle(out: Path) -> Path:
         text_encoder="random:32",
         text_embeddings=emb,
     )
-    opts = ExportOptions(
-        target="openvino", calib_data=calib, calib_size=12, golden_count=2, eval_size=4, progress=False
-    )
+    opts = ExportOptions(target="openvino", bundle=BundleOptions(golden_count=2), progress=False)
     export_bundle(src, out, opts)
     return out
 

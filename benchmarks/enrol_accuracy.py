@@ -22,8 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -50,10 +48,10 @@ def examples_file(data: Path, cls: str, shots: int, seed: int, out: Path) -> Pat
     return out
 
 
-def class_ap50(runner, eval_set, spec, names: list[str], cls: str) -> float:
+def class_ap50(backend, embeddings, eval_set, spec, names: list[str], cls: str) -> float:
     from export.accuracy import coco_result, predict
 
-    dets = predict(runner, eval_set, spec, names, progress=False)
+    dets = predict(backend, eval_set, spec, names, embeddings, progress=False)
     only = [[d for d in per_image if d.class_name == cls] for per_image in dets]
     return coco_result(eval_set, only, [cls])[0]["AP50"]
 
@@ -71,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.machine import cpu_name
     from export.accuracy import load_eval_set
-    from export.pipeline import ExportOptions, export_bundle
-    from export.runners import OpenVINORunner
+    from export.options import BundleOptions, ExportOptions
+    from export.pipeline import export_bundle
     from export.source import load_source
     from rtvp_edge import enroll
+    from rtvp_edge.backends import load_backend, load_embeddings
     from rtvp_edge.bundle import load_manifest
 
     source = load_source(args.checkpoint)
@@ -87,18 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     for cls in args.cls:
         keep = [c for c in source.classes if c.name != cls]
         out = work / f"without-{cls.replace(' ', '_')}"
-        options = ExportOptions(
-            target="openvino", vocab_mode="input", golden_count=1, score_threshold=0.1, progress=False
-        )
-        export_bundle(source, out, options, vocabulary=keep)
-        xml = out / "openvino" / "model.xml"
-        ref = class_ap50(OpenVINORunner(xml, text), eval_set, spec, all_names, cls)
+        bundle = BundleOptions(vocab_mode="input", golden_count=1, score_threshold=0.1)
+        m = export_bundle(source, out, ExportOptions(target="openvino", bundle=bundle, progress=False), keep)
+        backend = load_backend("openvino", out, m)  # the bundle's IR; the vocabulary is a graph input
+        ref = class_ap50(backend, text, eval_set, spec, all_names, cls)
         ex = examples_file(args.data, cls, args.shots, args.seed, work / f"{cls}.json")
         result = enroll(out, cls, ex)
         m = load_manifest(out)
-        emb = np.load(out / m.vocabulary.embeddings_file)
+        emb = load_embeddings(out, m)
         names = [c.name for c in m.vocabulary.classes]
-        got = class_ap50(OpenVINORunner(xml, emb), eval_set, spec, names, cls)
+        got = class_ap50(backend, emb, eval_set, spec, names, cls)
         rows.append((cls, ref, got, getattr(result, "threshold", None)))
         print(f"{cls}: text AP50 {ref:.1f}, enrolled from {args.shots} boxes {got:.1f}", file=sys.stderr)
 

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.calibration import build_calibration_set
     from export.int8_policy import block_pattern, keep_float_policy
     from export.onnx_export import export_onnx
-    from export.runners import OpenVINORunner
     from export.source import load_source
     from export.wrapper import build_wrapper
+    from rtvp_edge.backends import open_model
 
     source = load_source(args.checkpoint)
     spec = source.preprocess
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks = [b for b in blocks if b in args.blocks]
 
     def ap50(xml: Path, precision: str) -> float:
-        runner = OpenVINORunner(xml, None, {"INFERENCE_PRECISION_HINT": "f32"}, precision=precision)
-        return evaluate(runner, eval_set, spec, names, progress=False)[0]["AP50"]
+        backend = open_model("openvino", xml, properties={"INFERENCE_PRECISION_HINT": "f32"})
+        return evaluate(backend, eval_set, spec, names, progress=False)[0]["AP50"]
 
     fp32_xml = ovb.convert_ir(onnx_path, work / "fp32" / "model.xml", half=False)
     base = ap50(fp32_xml, "fp32")

@@ -1,4 +1,5 @@
-"""Stage: detection accuracy of an artifact on held-out images, with training's own COCO evaluation.
+"""Stage: detection accuracy of an artifact on held-out images, with training's own COCO evaluation, and the
+INT8 accuracy guard (``accuracy_guard``, ``guard_int8``).
 
 The same evaluation as ``rtvp-eval``: the split is read by ``training.data.coco.load_coco_split``, detections
 are decoded by the runtime's ``decode_detections`` with training's evaluation settings (score 0.001, NMS IoU
@@ -8,10 +9,11 @@ the vocabulary and the data set share (by name).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -21,12 +23,17 @@ from export.errors import ExportError
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
 
+if TYPE_CHECKING:
+    from export.targets import BuildContext, Built
+    from export.verify import Model
+    from rtvp_edge.bundle import AccuracyInfo, Artifact
+
+log = logging.getLogger("rtvp_export")
+
 # training/evaluate.py's detect_dataset defaults: the numbers rtvp-eval reports are computed this way.
 EVAL_SCORE_THRESHOLD = 0.001
 EVAL_IOU_THRESHOLD = 0.6
 EVAL_MAX_DETECTIONS = 100
-
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -67,19 +74,24 @@ def load_eval_set(root: str | os.PathLike, split: str = "val", max_images: int |
 
 
 def predict(
-    runner: Runner,
+    model: Model,
     eval_set: EvalSet,
     spec: PreprocessSpec,
     class_names: list[str],
+    embeddings: np.ndarray | None = None,
     desc: str = "evaluate",
     progress: bool = True,
 ) -> list[list]:
     """Decoded detections (camera pixels) of every held-out image, in order.
 
-    Images go through the runner in batches of its static batch (``runner.fixed_batch``, else 1), so a
+    Args:
+        model: a runtime backend (or ``export.verify.TorchReference``).
+        embeddings: (C, D) float32 class embeddings for graphs in vocabulary mode ``input``, else None.
+
+    Images go through the model in batches of its static batch (``model.fixed_batch``, else 1), so a
     static-batch artifact is not padded for every image.
     """
-    size = max(1, int(getattr(runner, "fixed_batch", 1) or 1))
+    size = max(1, int(model.fixed_batch))
     out = []
     records = eval_set.images
     with tqdm(total=len(records), desc=desc, unit="img", leave=False, disable=not progress) as bar:
@@ -91,7 +103,7 @@ def predict(
                     raise ExportError(f"held-out image {rec.path}: cannot be read")
                 images.append(img)
             batch, lbs = preprocess(images, spec)
-            boxes, scores = runner(batch)
+            boxes, scores = model.infer(batch, embeddings)
             for i, lb in enumerate(lbs):
                 out.append(
                     decode_detections(
@@ -159,13 +171,99 @@ def coco_result(
 
 
 def evaluate(
-    runner: Runner,
+    model: Model,
     eval_set: EvalSet,
     spec: PreprocessSpec,
     class_names: list[str],
+    embeddings: np.ndarray | None = None,
     desc: str = "evaluate",
     progress: bool = True,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """COCO metrics (points) of one artifact on the held-out images, and each class's best-F1 operating point
     (``coco_result``)."""
-    return coco_result(eval_set, predict(runner, eval_set, spec, class_names, desc, progress), class_names)
+    detections = predict(model, eval_set, spec, class_names, embeddings, desc, progress)
+    return coco_result(eval_set, detections, class_names)
+
+
+def accuracy_guard(
+    fp32: dict[str, float], artifact: dict[str, float], max_drop: float, force: bool, where: str
+) -> float:
+    """The INT8 accuracy guard: AP50 (points) of the artifact against its FP32 source.
+
+    Returns the drop; raises ``ExportError`` when it exceeds ``max_drop`` unless ``force`` (then warns).
+    """
+    drop = round(fp32["AP50"] - artifact["AP50"], 3)
+    log.info(
+        "accuracy guard: AP50 fp32 %.2f, int8 %.2f (drop %.2f, allowed %.2f)",
+        fp32["AP50"],
+        artifact["AP50"],
+        drop,
+        max_drop,
+    )
+    if drop > max_drop:
+        msg = (
+            f"INT8 accuracy guard: AP50 dropped by {drop:.2f} points (FP32 {fp32['AP50']:.2f} -> "
+            f"INT8 {artifact['AP50']:.2f}) on {where}, more than --max-ap-drop {max_drop:g}"
+        )
+        if not force:
+            raise ExportError(
+                msg + "; try --accuracy-control, a larger --calib-size, --keep-float BLOCK (python "
+                "benchmarks/int8_sensitivity.py measures each block), "
+                "or --force to write the bundle anyway"
+            )
+        log.warning("%s; written anyway (--force)", msg)
+    return drop
+
+
+def guard_int8(ctx: BuildContext, built: Built) -> tuple[AccuracyInfo, list[Artifact], dict[str, float]]:
+    """The accuracy stage of an INT8 export: COCO AP of the FP32 ONNX and of the quantized artifact, each run
+    by its runtime backend from the staged bundle, then the guard (``accuracy_guard``).
+
+    Returns:
+        the manifest's ``accuracy``; ``built.artifacts`` each with its own accuracy (the quantized one as
+        measured, the FP32 ones as their parity-checked source), so the runtime can choose within the budget
+        without data; the per-class score thresholds to record (``--class-thresholds best-f1``), else {}.
+    Raises:
+        ExportError: the drop exceeds ``--max-ap-drop`` (unless ``--force``).
+    """
+
+    from rtvp_edge.bundle import AccuracyInfo
+
+    opts = ctx.options.int8.accuracy
+    eval_set, progress = ctx.eval_set, ctx.options.progress
+    results = {}
+    for key, art in (("fp32", ctx.onnx), ("int8", built.measured)):
+        with ctx.bundle.run(art) as backend:
+            results[key] = evaluate(
+                backend, eval_set, ctx.spec, ctx.class_names, ctx.embeddings, f"evaluate {key}", progress
+            )
+    (fp32, _), (q, points) = results["fp32"], results["int8"]
+    info = AccuracyInfo(
+        dataset=eval_set.describe(),
+        images=len(eval_set.images),
+        metric="AP50",
+        fp32=fp32,
+        artifact=q,
+        max_drop=opts.max_ap_drop,
+        operating_points=points,
+    )
+    accuracy_guard(fp32, q, opts.max_ap_drop, opts.force, eval_set.describe())
+    quantized = {built.measured.precision} - {"fp32"}
+    artifacts = [
+        a.model_copy(update={"accuracy": dict(q if a.precision in quantized else fp32)})
+        if a.precision in quantized or a.precision == "fp32"
+        else a
+        for a in built.artifacts
+    ]
+    class_scores: dict[str, float] = {}
+    if opts.class_thresholds == "best-f1" and points:
+        class_scores = {n: op["score"] for n, op in points.items()}
+        log.info(
+            "per-class score thresholds (best F1 on %s): %s",
+            eval_set.describe(),
+            ", ".join(
+                f"{n} {op['score']:.3f} (P {op['precision']:.2f} R {op['recall']:.2f})"
+                for n, op in points.items()
+            ),
+        )
+    return info, artifacts, class_scores

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from export.errors import ExportError
 from export.int8_policy import DEFAULT_FLOAT_BLOCKS
+from export.options import AccuracyOptions, BundleOptions, CalibrationOptions, ExportOptions, Int8Options
 
 log = logging.getLogger("rtvp_export")
 
@@ -123,35 +124,56 @@ def default_out(checkpoint: Path, target: str, int8: bool, half: bool) -> Path:
     return Path("bundles") / f"{checkpoint.parent.name}-{checkpoint.stem}-{target}-{precision}"
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from export.embeddings import load_vocabulary
-    from export.pipeline import ExportOptions, check_options, export_bundle
-    from export.source import find_newest_checkpoint, load_source
-
-    options = ExportOptions(
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    """The ``ExportOptions`` of the export flags; flags that only mean something with ``--int8`` are
+    refused without it."""
+    int8_only = {
+        "--keep-fp32": (args.keep_fp32, "it keeps the FP32 IR beside the INT8 one"),
+        "--accuracy-control": (args.accuracy_control, "NNCF accuracy-controlled PTQ"),
+    }
+    for flag, (given, why) in int8_only.items():
+        if given and not args.int8:
+            raise ExportError(f"{flag} needs --int8 --target openvino ({why})")
+    int8 = None
+    if args.int8:
+        int8 = Int8Options(
+            calibration=CalibrationOptions(data=args.calib_data, size=args.calib_size),
+            accuracy=AccuracyOptions(
+                data=args.eval_data,
+                size=args.eval_size,
+                max_ap_drop=args.max_ap_drop,
+                force=args.force,
+                class_thresholds=args.class_thresholds,
+            ),
+            keep_float=tuple(args.keep_float),
+            float_blocks=None if args.quantize_all_blocks else args.float_blocks,
+            accuracy_control=args.accuracy_control,
+            keep_fp32=args.keep_fp32,
+        )
+    return ExportOptions(
         target=args.target,
         half=args.half,
-        int8=args.int8,
-        calib_data=args.calib_data,
-        calib_size=args.calib_size,
-        max_ap_drop=args.max_ap_drop,
-        keep_fp32=args.keep_fp32,
-        ship_onnx=not args.no_onnx,
-        force=args.force,
-        accuracy_control=args.accuracy_control,
-        vocab_mode=args.vocab_mode,
-        eval_data=args.eval_data,
-        eval_size=args.eval_size,
-        keep_float=list(args.keep_float),
-        float_blocks=None if args.quantize_all_blocks else args.float_blocks,
-        golden_count=args.golden,
-        score_threshold=args.score_threshold,
-        class_thresholds=args.class_thresholds,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        text_encoder=args.text_encoder,
         batch=args.batch,
+        ship_onnx=not args.no_onnx,
+        int8=int8,
+        bundle=BundleOptions(
+            vocab_mode=args.vocab_mode,
+            text_encoder=args.text_encoder,
+            golden_count=args.golden,
+            score_threshold=args.score_threshold,
+            overwrite=args.overwrite,
+        ),
+        progress=not args.quiet,
     )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.embeddings import load_vocabulary
+    from export.options import check_options
+    from export.pipeline import export_bundle
+    from export.source import find_newest_checkpoint, load_source
+
+    options = options_from_args(args)
     check_options(options)  # before loading a large checkpoint
     vocabulary = load_vocabulary(args.vocab) if args.vocab is not None else None
     checkpoint = args.checkpoint or find_newest_checkpoint(args.runs)
@@ -201,7 +223,7 @@ def run_vocab(argv: list[str]) -> int:
 
 
 def run_verify(argv: list[str]) -> int:
-    from export.pipeline import verify_bundle
+    from export.verify import verify_bundle
 
     p = argparse.ArgumentParser(
         prog="rtvp-export verify", description="Check a bundle's hashes and run its golden self-test."

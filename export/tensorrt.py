@@ -9,13 +9,14 @@ INT8, by TensorRT version:
   set; the calibration cache is written next to the engine and reused by later builds (same graph, same
   calibration set) so a rebuild for another GPU does not need the images again.
 - TensorRT >= 11 removed implicit quantization and calibrators: the INT8 engine is built from an explicit
-  Q/DQ ONNX (``export.onnxruntime_int8.quantize_qdq`` with symmetric int8 activations, which TensorRT requires).
+  Q/DQ ONNX (``export.onnxruntime_backend.quantize_qdq`` with symmetric int8 activations, which TensorRT requires).
 
 Engines are named and recorded with the GPU name and TensorRT version:
 ``tensorrt/model.<gpu>.trt<version>.<precision>.engine``.
 
-The engine build and the engine runner are the runtime's (``rtvp_edge.backends.tensorrt``): one code path for
-an engine made here and one the edge box makes from the bundle's ONNX.
+The engine build is the runtime's (``rtvp_edge.backends.tensorrt``): one code path for an engine made here and
+one the edge box makes from the bundle's ONNX; the engine is run (golden outputs, accuracy guard) by the
+runtime's TensorRT backend from the staged bundle.
 
 NOT RUN in this repository: no GPU and no TensorRT on the development machines. The pieces that do not need
 TensorRT (calibration batching, cache handling, naming, the Q/DQ ONNX) are tested, and the calls into TensorRT
@@ -33,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export.targets import BuildContext, Built, Target
 from rtvp_edge.backends.cuda_runtime import Cuda, cuda_usable
-from rtvp_edge.backends.tensorrt import EngineRunner, build_serialized_engine, built_precision, trt_major
+from rtvp_edge.backends.tensorrt import build_serialized_engine, built_precision, trt_major
 
 log = logging.getLogger("rtvp_export")
 
@@ -197,32 +199,6 @@ def build_engine(
     return engine_path
 
 
-class TensorRTRunner:
-    """Runs a serialized engine: ``runner(batch (B,3,H,W) float32) -> (boxes, scores)`` numpy arrays."""
-
-    backend = "tensorrt"
-
-    def __init__(
-        self,
-        engine_path: str | os.PathLike,
-        embeddings: np.ndarray | None = None,
-        engine: bytes | None = None,
-    ):
-        """``engine``: the serialized engine, already read and hashed (``engine_path`` then only names it)."""
-        import tensorrt as trt
-
-        data = engine if engine is not None else Path(engine_path).read_bytes()
-        self.runner = EngineRunner(trt, Cuda(0), data, engine_path)
-        self.embeddings = embeddings
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {"images": batch}
-        if self.embeddings is not None:
-            feeds["text_embeddings"] = self.embeddings
-        boxes, scores = self.runner.run(feeds, ("boxes", "scores"))
-        return boxes, scores
-
-
 def export_tensorrt(
     onnx_path: Path,
     bundle_dir: Path,
@@ -232,9 +208,9 @@ def export_tensorrt(
     embeddings: np.ndarray | None,
     model=None,
 ):
-    """The pipeline's TensorRT stage: an engine for this machine's GPU in ``bundle_dir/tensorrt/``.
+    """An engine for this machine's GPU in ``bundle_dir/tensorrt/``.
 
-    Returns (``rtvp_edge.bundle.Artifact``, runner). The edge box may instead build its own engine from
+    Returns its ``rtvp_edge.bundle.Artifact``. The edge box may instead build its own engine from
     ``model.onnx`` at first start (different GPU or TensorRT version).
     """
     import tensorrt as trt
@@ -253,7 +229,7 @@ def export_tensorrt(
     notes = f"built for {gpu} with TensorRT {trt.__version__}"
     if int8:
         if trt_major(trt.__version__) >= 11:
-            from export.onnxruntime_int8 import quantize_qdq
+            from export.onnxruntime_backend import quantize_qdq
 
             source, _, _ = quantize_qdq(
                 onnx_path,
@@ -285,4 +261,23 @@ def export_tensorrt(
         notes=notes,
         properties={"tensorrt": trt.__version__},
     )
-    return art, TensorRTRunner(engine, embeddings)
+    return art
+
+
+class TensorRTTarget(Target):
+    """An engine for this machine's GPU (FP32, FP16 or INT8) beside the ONNX the edge box rebuilds from."""
+
+    name = "tensorrt"
+    backend = "tensorrt"
+    half = True
+
+    def available(self) -> tuple[bool, str]:
+        ok, why = tensorrt_available()
+        return ok, "" if ok else why
+
+    def build(self, ctx: BuildContext) -> Built:
+        int8 = ctx.int8 is not None
+        art = export_tensorrt(
+            ctx.onnx_path, ctx.root, ctx.calibration, ctx.options.half, int8, ctx.embeddings, ctx.model
+        )
+        return Built([ctx.onnx, art], golden=[art], measured=art if int8 else None)

@@ -1,29 +1,89 @@
-"""Stage check: parity of an artifact with its PyTorch source on real (generated glass) images, on raw
-outputs and on decoded detections. Used after ONNX export and after every float backend."""
+"""Stage checks: parity of an artifact with its PyTorch source on real (generated glass) images, on raw
+outputs and on decoded detections (after ONNX export and after every float backend), and the check of a
+finished bundle (``verify_bundle``: the runtime's loader and golden self-test).
+
+Artifacts run through the runtime's backends (``rtvp_edge.backends``); the PyTorch source, which the
+runtime never runs, is wrapped in ``TorchReference`` with the same ``infer(batch, embeddings)`` call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from export.errors import ExportError
-from rtvp_edge.bundle import Thresholds
+from rtvp_edge.bundle import BundleError, BundleManifest, Thresholds, load_manifest
 from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
+from rtvp_edge.selftest import selftest_artifacts
 
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+class Model(Protocol):
+    """What the checks run: a runtime backend (``rtvp_edge.backends.Backend``) or ``TorchReference``."""
+
+    fixed_batch: int  # > 0: the batch the artifact accepts (it chunks/pads others); -1: any
+
+    def infer(self, batch: np.ndarray, embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """batch (B, 3, H, W) float32 -> boxes (B, N, 4) xyxy input px, scores (B, N, C) in [0, 1]."""
+
+
+class TorchReference:
+    """The PyTorch source (FP32) through the export wrapper, called like a runtime backend.
+
+    Args:
+        wrapper: the export wrapper (``export.wrapper.build_wrapper``); in vocabulary mode ``input`` it takes
+            the (C, D) embeddings as its second argument.
+    """
+
+    name = "pytorch"
+    fixed_batch = -1
+
+    def __init__(self, wrapper: torch.nn.Module):
+        self.wrapper = wrapper.eval()
+
+    @torch.no_grad()
+    def infer(self, batch: np.ndarray, embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if embeddings is None:
+            out = self.wrapper(x)
+        else:
+            out = self.wrapper(x, torch.from_numpy(np.asarray(embeddings, np.float32)))
+        return out[0].numpy(), out[1].numpy()
+
+
+def verify_bundle(bundle_dir: str | os.PathLike, manifest: BundleManifest | None = None) -> dict[str, int]:
+    """Check a bundle the way a line does at start, with the runtime's own code: every hash
+    (``load_manifest``), then the golden self-test of every artifact that has golden samples, each loaded
+    afresh by its runtime backend (``rtvp_edge.selftest.selftest_artifacts``).
+
+    Returns:
+        golden samples checked per artifact (``{"openvino": 4}``, ``{"openvino int8": 2, "openvino fp32": 2}``).
+    Raises:
+        ExportError: a hash, the manifest or a self-test failed (the message names the file).
+    """
+    bundle_dir = Path(bundle_dir)
+    try:
+        manifest = manifest or load_manifest(bundle_dir)
+        return selftest_artifacts(bundle_dir, manifest)
+    except BundleError as e:
+        raise ExportError(str(e)) from None
 
 
 def parity(
-    reference: Runner,
-    candidate: Runner,
+    reference: Model,
+    candidate: Model,
     images_bgr: Sequence[np.ndarray],
     spec: PreprocessSpec,
     class_names: Sequence[str],
     thresholds: Thresholds,
     name: str,
+    embeddings: np.ndarray | None = None,
     score_atol: float = 1e-3,
     box_atol: float = 0.05,
     min_agreement: float = 0.9,
@@ -34,6 +94,7 @@ def parity(
 
     Args:
         images_bgr: camera images, each (H, W, 3) uint8 BGR.
+        embeddings: (C, D) float32 class embeddings for graphs in vocabulary mode ``input``, else None.
         score_atol: allowed absolute score difference (raw and decoded).
         box_atol: allowed absolute box difference in model-input pixels (raw outputs).
         min_agreement: least share of decoded detections matched one-to-one (``match_detections``). Raw
@@ -47,8 +108,8 @@ def parity(
         ExportError naming the artifact when a tolerance is exceeded.
     """
     batch, lbs = preprocess(list(images_bgr), spec)
-    rb, rs = reference(batch)
-    cb, cs = candidate(batch)
+    rb, rs = reference.infer(batch, embeddings)
+    cb, cs = candidate.infer(batch, embeddings)
     if rb.shape != cb.shape or rs.shape != cs.shape:
         raise ExportError(
             f"{name}: output shapes {cb.shape}, {cs.shape} differ from PyTorch {rb.shape}, {rs.shape}"

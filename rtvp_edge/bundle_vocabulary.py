@@ -22,22 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import cv2
 import numpy as np
 
 from rtvp_edge.bundle import (
     SIGNATURE,
     BundleError,
     BundleManifest,
-    GoldenSample,
     VocabularyClass,
     load_manifest,
-    read_verified,
     sha256_file,
     write_manifest,
 )
-from rtvp_edge.postprocess import decode_detections
-from rtvp_edge.preprocess import preprocess
+from rtvp_edge.selftest import record_golden, selftest_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -100,88 +96,6 @@ def require_input_mode(bundle: str | os.PathLike, manifest: BundleManifest) -> N
             f"bundle {bundle} folds its vocabulary into the graph (vocabulary mode 'folded'): its vocabulary "
             f"cannot change without recompiling; {FOLDED_HINT}"
         )
-
-
-def _golden_images(bundle: Path, manifest: BundleManifest) -> dict[str, np.ndarray]:
-    images = {}
-    for rel in dict.fromkeys(g.image for g in manifest.golden):
-        data = read_verified(bundle, manifest, rel, "golden image")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise BundleError(f"{bundle / rel}: golden image cannot be read")
-        images[rel] = img
-    return images
-
-
-def _golden_artifacts(manifest: BundleManifest):
-    """(golden key (backend, precision) as recorded, the artifact it names) for every recorded key."""
-    out = []
-    for backend, precision in dict.fromkeys((g.backend, g.precision) for g in manifest.golden):
-        art = manifest.artifact(backend or manifest.artifacts[0].backend, precision)
-        out.append(((backend, precision), art))
-    return out
-
-
-def record_golden(bundle: Path, manifest: BundleManifest) -> list[GoldenSample]:
-    """The golden expected outputs of ``manifest``'s vocabulary and thresholds, on the bundle's own golden
-    images, by the runtime backend of every artifact that had golden outputs (same keys as before)."""
-    from rtvp_edge.backends import load_backend, load_embeddings
-
-    images = _golden_images(bundle, manifest)
-    emb = load_embeddings(bundle, manifest)
-    names = [c.name for c in manifest.vocabulary.classes]
-    thr, spec = manifest.thresholds, manifest.preprocess.spec()
-    tolerance = {(g.image, g.backend, g.precision): (g.score_atol, g.box_atol) for g in manifest.golden}
-    samples = []
-    for (backend, precision), art in _golden_artifacts(manifest):
-        be = load_backend(art.backend, bundle, manifest, artifact=art)
-        try:
-            for rel, img in images.items():
-                if (rel, backend, precision) not in tolerance:
-                    continue
-                batch, (lb,) = preprocess([img], spec)
-                boxes, scores = be.infer(batch, emb)
-                dets = decode_detections(
-                    boxes[0], scores[0], lb, names, thr.score, thr.iou, thr.max_detections
-                )
-                s_atol, b_atol = tolerance[(rel, backend, precision)]
-                detections = [
-                    {
-                        "class_id": d.class_id,
-                        "class_name": d.class_name,
-                        "score": round(d.score, 6),
-                        "box": [round(v, 3) for v in d.box],
-                    }
-                    for d in dets
-                ]
-                samples.append(
-                    GoldenSample(
-                        image=rel,
-                        detections=detections,
-                        score_atol=s_atol,
-                        box_atol=b_atol,
-                        backend=backend,
-                        precision=precision,
-                    )
-                )
-        finally:
-            be.close()
-    return samples
-
-
-def selftest_bundle(bundle: Path, manifest: BundleManifest) -> int:
-    """The start-up check of a line, on every artifact with golden outputs: returns samples checked."""
-    from rtvp_edge.backends import load_backend
-    from rtvp_edge.selftest import run_golden_selftest
-
-    checked = 0
-    for _, art in _golden_artifacts(manifest):
-        be = load_backend(art.backend, bundle, manifest, artifact=art)
-        try:
-            checked += run_golden_selftest(bundle, manifest, be)
-        finally:
-            be.close()
-    return checked
 
 
 @dataclass(frozen=True)
@@ -278,7 +192,7 @@ def rewrite_vocabulary(
         draft = draft.model_copy(update={"golden": record_golden(tmp, draft)})
         write_manifest(tmp, draft)
         new = load_manifest(tmp)
-        selftest_bundle(tmp, new)
+        selftest_artifacts(tmp, new)
         staging.commit()
     if signed:
         log.warning(

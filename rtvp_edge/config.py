@@ -12,18 +12,15 @@ moved together.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -33,10 +30,7 @@ from rtvp_edge.messaging.config import MqttConfig  # the ``mqtt:`` section (sche
 from rtvp_edge.messaging.plc.config import PlcConfig  # the ``plc:`` section (schema; servers beside it)
 from rtvp_edge.station import ID_PATTERN, StationIds
 from rtvp_edge.strict import StrictModel
-
-
-class ConfigError(Exception):
-    """A line configuration is invalid. The message names the file, the line and the key."""
+from rtvp_edge.yaml_config import ConfigError, read_yaml, validate_tree  # one reader for every YAML file
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -138,7 +132,7 @@ class SimConfig(StrictModel):
     seed: int = Field(0, ge=0)
     line_rate_hz: float = Field(2.0, gt=0)  # containers per second through the gate
     defect_free_share: float | None = Field(None, ge=0, le=1)  # None: the rig's default
-    defect_size_scale: float | None = Field(None, gt=0)  # None: the rig's default (1.0)
+    defect_size_scale: float | None = Field(None, ge=0.2, le=5.0)  # None: the rig's default (1.0)
     n_containers: int | None = Field(None, ge=1)  # a finite run (None: endless, like a real line)
     realtime: bool = True  # False: frames as fast as the pipeline takes them (benchmarks)
 
@@ -376,83 +370,6 @@ class LineConfig(StrictModel):
         return self
 
 
-# ---------------------------------------------------------------------------------------------------
-# Loading, with YAML line numbers in the errors
-
-
-def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
-    """Walk the composed YAML tree along a pydantic error location. Returns the deepest node reached
-    and whether the walk reached the full location (False: the key is missing; the node is its parent)."""
-    node = root
-    for i, part in enumerate(loc):
-        last = i == len(loc) - 1
-        if isinstance(node, yaml.MappingNode):
-            found = None
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
-                    found = k if last else v  # the key's line is where a person reads "key: value"
-                    break
-            if found is None:
-                if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
-                    continue  # pydantic's internal union/validator tags are not YAML keys
-                return node, False
-            node = found
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return node, False
-            node = node.value[part]
-        else:
-            # Unions report the branch type (e.g. "str", "int"): not a YAML level, skip it.
-            continue
-    return node, True
-
-
-def _format_errors(path: Path, root: yaml.Node | None, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in {"str", "int"}))
-        key = ".".join(str(x) for x in loc) or "(top level)"
-        node, _ = _node_at(root, loc)
-        line = node.start_mark.line + 1 if node is not None else 1
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see docs/runtime.md for the schema)"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        got = e.get("input")
-        if e["type"] not in ("missing", "extra_forbidden") and isinstance(got, (str, int, float, bool)):
-            msg += f" (got {got!r})"
-        lines.append(f"{path}:{line}: {key}: {msg}")
-    return "\n".join(dict.fromkeys(lines))  # unions can report one problem twice
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one: a typo trap)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for k, _ in node.value:
-        key = loader.construct_object(k, deep=deep)
-        if key in seen:
-            raise ConfigError(
-                f"{loader.name}:{k.start_mark.line + 1}: key {key!r} repeated (first on line {seen[key]})"
-            )
-        seen[key] = k.start_mark.line + 1
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# YAML 1.1 (PyYAML) reads 1e-3 as a string; line files are read strictly, so read it as the number it is.
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
 def load_line_config(path: str | os.PathLike) -> LineConfig:
     """Read and validate a line file.
 
@@ -465,35 +382,16 @@ def load_line_config(path: str | os.PathLike) -> LineConfig:
             file, the line and the key of every problem.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: line configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
-    try:
-        loader = _UniqueKeyLoader(text)
-        loader.name = str(path)
-        try:
-            root = loader.get_single_node()
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    data, root = read_yaml(path, "line configuration file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with keys line, cameras, model, ...")
-    try:
-        # Strict, as JSON: a YAML boolean (yes/no/on/off/true/false) is not a number, a quoted "3" is not
-        # an integer, 2.5 is not an integer, and a number is not a boolean; lists still fill tuples and
-        # strings still name paths.
-        config = LineConfig.model_validate_json(
-            json.dumps(data, default=str), strict=True, context={"base_dir": path.parent.resolve()}
-        )
-    except ValidationError as e:
-        raise ConfigError(_format_errors(path, root, e)) from None
+    config = validate_tree(
+        LineConfig,
+        data,
+        root,
+        str(path),
+        context={"base_dir": path.parent.resolve()},
+        schema_doc="docs/runtime.md",
+    )
     config._source = str(path)
     return config

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from rtvp_edge.backends.base import Backend, load_embeddings
-from rtvp_edge.bundle import BundleError, BundleManifest, read_verified
+from rtvp_edge.bundle import Artifact, BundleError, BundleManifest, GoldenSample, read_verified
 from rtvp_edge.messages import Detection
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import preprocess
@@ -103,19 +103,107 @@ def run_golden_selftest(bundle_dir: str | Path, manifest: BundleManifest, backen
             f"cannot check this artifact (run the bundle on {recorded}, or re-export it for {mine})"
         )
     names = [c.name for c in manifest.vocabulary.classes]
-    spec = manifest.preprocess.spec()
     thr = manifest.thresholds
     emb = load_embeddings(bundle_dir, manifest)
     for g in samples:
-        path = Path(bundle_dir) / g.image
-        data = read_verified(bundle_dir, manifest, g.image, "golden image")  # decode what was hashed
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise BundleError(f"{path}: golden image unreadable")
-        batch, lbs = preprocess([img], spec)
-        boxes, scores = backend.infer(batch, emb)
-        got = decode_detections(boxes[0], scores[0], lbs[0], names, thr.score, thr.iou, thr.max_detections)
+        got = _detect(backend, golden_image(bundle_dir, manifest, g.image), manifest, emb)
         problems = golden_differences(g.detections, got, g.score_atol, g.box_atol, thr.score, names)
         if problems:
-            raise BundleError(f"{path}: golden self-test failed on {backend.name}: {problems[0]}")
+            raise BundleError(
+                f"{Path(bundle_dir) / g.image}: golden self-test failed on {backend.name}: {problems[0]}"
+            )
     return len(samples)
+
+
+def golden_image(bundle_dir: str | Path, manifest: BundleManifest, rel: str) -> np.ndarray:
+    """A golden image (H, W, 3) uint8 BGR, decoded from the bytes checked against the manifest's sha256."""
+    data = read_verified(bundle_dir, manifest, rel, "golden image")  # decode what was hashed
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BundleError(f"{Path(bundle_dir) / rel}: golden image unreadable")
+    return img
+
+
+def _detect(
+    backend: Backend, image: np.ndarray, manifest: BundleManifest, embeddings: np.ndarray | None
+) -> list[Detection]:
+    """One image through ``backend``, decoded with the bundle's preprocessing and thresholds."""
+    batch, (lb,) = preprocess([image], manifest.preprocess.spec())
+    boxes, scores = backend.infer(batch, embeddings)
+    thr = manifest.thresholds
+    names = [c.name for c in manifest.vocabulary.classes]
+    return decode_detections(boxes[0], scores[0], lb, names, thr.score, thr.iou, thr.max_detections)
+
+
+def golden_artifacts(manifest: BundleManifest) -> list[tuple[tuple[str | None, str | None], Artifact]]:
+    """``((backend, precision) as the golden samples record it, the artifact it names)`` for every recorded
+    key, in the order first recorded."""
+    out = []
+    for backend, precision in dict.fromkeys((g.backend, g.precision) for g in manifest.golden):
+        art = manifest.artifact(backend or manifest.artifacts[0].backend, precision)
+        out.append(((backend, precision), art))
+    return out
+
+
+def record_golden(
+    bundle_dir: str | Path, manifest: BundleManifest, device: str = "CPU"
+) -> list[GoldenSample]:
+    """The golden expected outputs of ``manifest``'s vocabulary and thresholds on the bundle's own golden
+    images, by the runtime backend of every artifact that has golden samples (same keys, images and
+    tolerances as ``manifest.golden``; their recorded detections are replaced). Export records a new bundle's
+    golden outputs with it, a vocabulary rewrite re-records them."""
+    from rtvp_edge.backends import load_backend
+
+    emb = load_embeddings(bundle_dir, manifest)
+    images = {
+        rel: golden_image(bundle_dir, manifest, rel)
+        for rel in dict.fromkeys(g.image for g in manifest.golden)
+    }
+    samples = []
+    for (backend, precision), art in golden_artifacts(manifest):
+        be = load_backend(art.backend, bundle_dir, manifest, device=device, artifact=art)
+        try:
+            for g in manifest.golden:
+                if (g.backend, g.precision) != (backend, precision):
+                    continue
+                dets = _detect(be, images[g.image], manifest, emb)
+                detections = [
+                    {
+                        "class_id": d.class_id,
+                        "class_name": d.class_name,
+                        "score": round(d.score, 6),
+                        "box": [round(v, 3) for v in d.box],
+                    }
+                    for d in dets
+                ]
+                samples.append(g.model_copy(update={"detections": detections}))
+        finally:
+            be.close()
+    return samples
+
+
+def selftest_artifacts(
+    bundle_dir: str | Path, manifest: BundleManifest, device: str = "CPU"
+) -> dict[str, int]:
+    """The start-up self-test of a line, on every artifact that has golden samples, each loaded afresh by
+    its runtime backend. Returns golden samples checked per artifact (``"openvino"``, or ``"openvino int8"``
+    when a backend has several artifacts).
+
+    Raises:
+        BundleError: no golden samples, or one artifact's outputs differ (``run_golden_selftest``).
+    """
+    from rtvp_edge.backends import load_backend
+
+    if not manifest.golden:
+        raise BundleError(f"{bundle_dir}: the bundle has no golden samples")
+    checked: dict[str, int] = {}
+    for _, art in golden_artifacts(manifest):
+        several = sum(a.backend == art.backend for a in manifest.artifacts) > 1
+        be = load_backend(art.backend, bundle_dir, manifest, device=device, artifact=art)
+        try:
+            checked[f"{art.backend} {art.precision}" if several else art.backend] = run_golden_selftest(
+                bundle_dir, manifest, be
+            )
+        finally:
+            be.close()
+    return checked

@@ -27,8 +27,12 @@ class StationIds(StrictModel):
     line: str
     station: str
 
-    def __init__(self, site: str, line: str, station: str, **extra) -> None:
-        super().__init__(site=site, line=line, station=station, **extra)
+    def __init__(self, *ids: str, **fields) -> None:
+        # Positional ids are a convenience; pydantic also calls this with the file's keys, so a missing
+        # key must reach validation (an error naming it), not fail here as a TypeError.
+        if len(ids) > 3:
+            raise TypeError(f"StationIds takes site, line and station, got {len(ids)} ids")
+        super().__init__(**dict(zip(("site", "line", "station"), ids, strict=False)), **fields)
 
     @field_validator("site", "line", "station", mode="before")
     @classmethod

@@ -182,3 +182,33 @@ def test_pycocotools_reads_the_annotations(dataset):
         ev.accumulate()
         ev.summarize()
     assert ev.stats[1] == pytest.approx(1.0)  # AP50
+
+
+def test_generate_from_a_rig_file(tmp_path, capsys):
+    rig = tmp_path / "rig.yaml"
+    rig.write_text("seed: 3\nclasses: [bubble, stone]\nshapes: [jar]\ndefect_free_share: 0.0\n")
+    argv = ["generate", "--out", str(tmp_path / "d"), "--containers", "2", "--protocol", "closed"]
+    assert main([*argv, "--rig", str(rig), "--defect-size-scale", "2.0", "--no-progress"]) == 0, (
+        capsys.readouterr()
+    )
+    manifest = json.loads((tmp_path / "d/closed/manifest.json").read_text())
+    config = manifest["rig_config"]
+    assert (config["seed"], config["classes"], config["shapes"]) == (3, ["bubble", "stone"], ["jar"])
+    assert config["defect_size_scale"] == 2.0  # the flag over the file
+    assert RigConfig.model_validate(config) == RigConfig(  # the manifest's rig config is a rig file again
+        seed=3,
+        classes=(GLASS_DEFECTS[2], GLASS_DEFECTS[6]),
+        shapes=("jar",),
+        defect_free_share=0.0,
+        defect_size_scale=2.0,
+    )
+
+
+def test_bad_rig_file_exits_2_naming_file_line_and_key(tmp_path, capsys):
+    rig = tmp_path / "rig.yaml"
+    rig.write_text("seed: 3\nshapes: [jar, teapot]\n")
+    argv = ["generate", "--out", str(tmp_path / "d"), "--containers", "2", "--rig", str(rig)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtvp-data generate: error: {rig}:2: shapes: unknown shape 'teapot'"), err
+    assert not (tmp_path / "d").exists()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.pipeline import ExportOptions, export_bundle
+from export.options import BundleOptions, ExportOptions
+from export.pipeline import export_bundle
 from export.source import ExportSource
 from export.testing import TinyGlassDetector
 from rtvp_edge.backends import load_backend, load_embeddings
@@ -46,17 +47,10 @@ def _source(n: int = SEEN, dim: int = DIM, seed: int = 0) -> ExportSource:
     )
 
 
-def _options(data, **kw) -> ExportOptions:
-    base = dict(
-        calib_data=data,
-        calib_size=16,
-        eval_size=12,
-        golden_count=2,
-        score_threshold=THRESHOLD,
-        progress=False,
-    )
-    base.update(kw)
-    return ExportOptions(**base)
+def _options(data, target: str, vocab_mode: str = "folded") -> ExportOptions:
+    """A float export (``data`` is unused: no calibration, no accuracy guard)."""
+    bundle = BundleOptions(vocab_mode=vocab_mode, golden_count=2, score_threshold=THRESHOLD)
+    return ExportOptions(target=target, bundle=bundle, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -131,9 +131,9 @@ def _train_main(args, capsys):
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        (["optim.lrr=1"], "unknown key optim.lrr"),
+        (["optim.lrr=1"], "command line (optim.lrr=1): optim.lrr: unknown key"),
         (["model.variant=rtvpnet_xl"], "model.variant"),
-        (["data.batch_size=many"], "data.batch_size: expected an integer"),
+        (["data.batch_size=many"], "data.batch_size: Input should be a valid integer (got 'many')"),
         (["data.root={tmp}/missing"], "data set directory"),
         (["data.train_classes=[purple]"], "data.train_classes: ['purple']"),
     ],

@@ -16,18 +16,30 @@ import pytest
 import torch
 import yaml
 
+from export.accuracy import accuracy_guard
 from export.calibration import build_calibration_set, list_images
 from export.cli import main
 from export.embeddings import load_vocabulary, resolve_embeddings
 from export.errors import ExportError
-from export.golden import check_golden, decode
-from export.pipeline import ExportOptions, accuracy_guard, export_bundle, runner_for, verify_bundle
-from export.runners import OpenVINORunner, TorchRunner
+from export.onnx_export import export_onnx
+from export.options import (
+    AccuracyOptions,
+    BundleOptions,
+    CalibrationOptions,
+    ExportOptions,
+    Int8Options,
+    check_options,
+)
+from export.pipeline import export_bundle
 from export.source import ExportSource, find_newest_checkpoint
 from export.testing import TinyGlassDetector
+from export.verify import TorchReference, verify_bundle
 from export.wrapper import build_wrapper
+from rtvp_edge.backends import load_backend, load_embeddings, open_model
 from rtvp_edge.bundle import BundleError, VocabularyClass, load_manifest
+from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
+from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.vocabulary import GLASS_DEFECTS
 
 torch.set_num_threads(1)
@@ -68,16 +80,34 @@ def glass_data(tmp_path_factory):
 
 
 def _options(data, **kw) -> ExportOptions:
-    base = dict(
-        calib_data=data,
-        calib_size=16,
-        eval_size=12,
-        golden_count=2,
-        score_threshold=THRESHOLD,
-        progress=False,
+    """These tests' export options, named like rtvp-export's flags (``int8=True`` with the INT8 ones)."""
+    flags = dict(calib_data=data, calib_size=16, eval_size=12, golden_count=2, score_threshold=THRESHOLD)
+    flags.update(kw)
+    int8 = None
+    if flags.pop("int8", False):
+        int8 = Int8Options(
+            calibration=CalibrationOptions(data=flags.pop("calib_data"), size=flags.pop("calib_size")),
+            accuracy=AccuracyOptions(
+                size=flags.pop("eval_size"),
+                **{k: flags.pop(k) for k in ("max_ap_drop", "force", "class_thresholds") if k in flags},
+            ),
+            **{k: flags.pop(k) for k in ("accuracy_control", "keep_fp32") if k in flags},
+        )
+    for unused in ("calib_data", "calib_size", "eval_size"):
+        flags.pop(unused, None)
+    bundle = BundleOptions(
+        **{k: flags.pop(k) for k in ("vocab_mode", "golden_count", "score_threshold") if k in flags}
     )
-    base.update(kw)
-    return ExportOptions(**base)
+    return ExportOptions(int8=int8, bundle=bundle, progress=False, **flags)
+
+
+def _detect(backend, image, m) -> list:
+    """One image through a runtime backend (folded vocabulary), decoded with the bundle's score threshold
+    and NMS."""
+    batch, (lb,) = preprocess([image], m.preprocess.spec())
+    boxes, scores = backend.infer(batch)
+    thr, names = m.thresholds, [c.name for c in m.vocabulary.classes]
+    return decode_detections(boxes[0], scores[0], lb, names, thr.score, thr.iou, thr.max_detections)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +127,9 @@ def test_onnx_target_parity_and_dynamic_batch(glass_data, tmp_path):
     # Independently of the pipeline's own check: batch of 3 real images through ONNX Runtime vs PyTorch.
     images = [cv2.imread(str(p)) for p in list_images(glass_data / "Images" / "val")[:3]]
     batch, _ = preprocess(images, src.preprocess)
-    ref = TorchRunner(build_wrapper(src.model, "folded", src.text_embeddings))(batch)
-    got = runner_for(out, m, m.artifact("onnxruntime"))(batch)
+    ref = TorchReference(build_wrapper(src.model, "folded", src.text_embeddings)).infer(batch)
+    backend = load_backend("onnxruntime", out, m)
+    got = backend.infer(batch)
     assert got[0].shape == ref[0].shape == (3, ref[0].shape[1], 4)
     np.testing.assert_allclose(got[1], ref[1], atol=1e-4)
     np.testing.assert_allclose(got[0], ref[0], atol=1e-2)
@@ -119,8 +150,8 @@ def test_openvino_int8_bundle_passes_its_golden_self_test(int8_bundle):
     assert golden and sum(len(g.detections) for g in golden) > 0, (
         "golden samples without detections test nothing"
     )
-    runner = OpenVINORunner(out / art.path, None, art.properties)
-    assert check_golden(out, m, "openvino", runner) == len(golden)
+    backend = load_backend("openvino", out, m, artifact=art)
+    assert run_golden_selftest(out, m, backend) == len(golden)
 
 
 def test_int8_ir_keeps_each_silu_one_swish_op(int8_bundle):
@@ -137,25 +168,26 @@ def test_int8_ir_keeps_each_silu_one_swish_op(int8_bundle):
     assert ops.count("Sigmoid") == 1  # the score's, in the float graph tail
 
 
-def test_golden_check_catches_a_different_model(int8_bundle):
+def test_golden_check_catches_a_different_model(int8_bundle, tmp_path):
     out, _ = int8_bundle
     m = load_manifest(out)
     torch.manual_seed(123)  # other weights: other detections
-    other = TorchRunner(build_wrapper(TinyGlassDetector(SIZE, DIM).eval(), "folded", _embeddings(8)))
-    with pytest.raises(ExportError, match="golden self-test"):
-        check_golden(out, m, "openvino", other)
+    n = len(m.vocabulary.classes)
+    other = build_wrapper(TinyGlassDetector(SIZE, DIM).eval(), "folded", _embeddings(n, seed=8))
+    path = export_onnx(other, tmp_path / "other.onnx", "folded", SIZE, (n, DIM))
+    backend = open_model("openvino", path)  # the runtime's OpenVINO backend on a model outside the bundle
+    with pytest.raises(BundleError, match="golden self-test"):
+        run_golden_selftest(out, m, backend)
 
 
 def test_int8_detects_where_fp32_does(int8_bundle, glass_data):
     out, m = int8_bundle
-    spec = m.preprocess.spec()
-    names = [c.name for c in m.vocabulary.classes]
-    fp32 = runner_for(out, m, m.artifact("onnxruntime"))
-    int8 = runner_for(out, m, m.artifact("openvino"))
+    fp32 = load_backend("onnxruntime", out, m)
+    int8 = load_backend("openvino", out, m)
     matched = total = 0
     for path in list_images(glass_data / "Images" / "val")[:6]:
         img = cv2.imread(str(path))
-        ref, got = decode(fp32, img, spec, names, m.thresholds), decode(int8, img, spec, names, m.thresholds)
+        ref, got = _detect(fp32, img, m), _detect(int8, img, m)
         for r in ref:
             total += 1
             matched += any(g.class_id == r.class_id and _iou(g.box, r.box) > 0.5 for g in got)
@@ -207,7 +239,8 @@ def test_input_mode_vocabulary_swap(glass_data, tmp_path, capsys):
     assert after.files["openvino/model.bin"] == before.files["openvino/model.bin"]  # not recompiled
     emb = np.load(out / "text_embeddings.npy")
     assert emb.shape == (3, DIM)
-    _, scores = runner_for(out, after, after.artifact("openvino"))(np.zeros((1, 3, *SIZE), np.float32))
+    backend = load_backend("openvino", out, after)
+    _, scores = backend.infer(np.zeros((1, 3, *SIZE), np.float32), load_embeddings(out, after))
     assert scores.shape[-1] == 3
     assert verify_bundle(out) == {"openvino": 2}
 
@@ -432,18 +465,18 @@ def test_operating_points_of_an_artifact_on_held_out_data(glass_data):
 
 
 def test_int8_export_records_per_class_thresholds_the_runtime_uses(glass_data, tmp_path, monkeypatch):
-    import export.pipeline as pipeline
+    import export.accuracy as accuracy
     from rtvp_edge.config import DetectionConfig
     from rtvp_edge.detection_filter import DetectionFilter
 
-    real = pipeline.evaluate
+    real = accuracy.evaluate
     chosen = {"bubble": {"score": 0.42, "precision": 0.8, "recall": 0.7, "f1": 0.75}}
 
     def measured(*a, **kw):  # the random double finds nothing: give it an operating point to record
         metrics, _ = real(*a, **kw)
         return metrics, chosen
 
-    monkeypatch.setattr(pipeline, "evaluate", measured)
+    monkeypatch.setattr(accuracy, "evaluate", measured)
     m = export_bundle(
         _source(), tmp_path / "b", _options(glass_data, target="openvino", int8=True, force=True)
     )
@@ -490,13 +523,14 @@ def test_bundle_with_a_class_threshold_outside_its_vocabulary_is_refused(int8_bu
 
 
 def test_bad_option_values_are_refused_before_any_work():
-    from export.pipeline import check_options
+    def thresholds(mode: str) -> ExportOptions:
+        return ExportOptions(int8=Int8Options(accuracy=AccuracyOptions(class_thresholds=mode)))
 
     with pytest.raises(ExportError, match=r"--class-thresholds must be one of best-f1, none, got 'f1'"):
-        check_options(ExportOptions(class_thresholds="f1"))
+        check_options(thresholds("f1"))
     with pytest.raises(ExportError, match=r"--score-threshold must be in \[0, 1\], got 1.5"):
-        check_options(ExportOptions(score_threshold=1.5))
-    check_options(ExportOptions(class_thresholds="none"))  # a valid one passes
+        check_options(ExportOptions(bundle=BundleOptions(score_threshold=1.5)))
+    check_options(thresholds("none"))  # a valid one passes
 
 
 def test_calibration_images_get_the_crop_once(tmp_path):

@@ -14,15 +14,14 @@ import yaml
 
 from export.calibration import list_images
 from export.cli import main
-from export.golden import check_golden
-from export.pipeline import runner_for, verify_bundle
-from export.runners import OpenVINORunner, TorchRunner
 from export.source import load_source
-from export.verify import match_detections
+from export.verify import TorchReference, match_detections, verify_bundle
 from export.wrapper import build_wrapper
+from rtvp_edge.backends import load_backend
 from rtvp_edge.bundle import BundleError, load_manifest
 from rtvp_edge.postprocess import decode_detections
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
+from rtvp_edge.selftest import run_golden_selftest
 from rtvp_edge.vocabulary import GLASS_DEFECTS
 
 checkpoint_mod = pytest.importorskip("training.checkpoint", reason="training.checkpoint not installed")
@@ -95,9 +94,7 @@ def test_no_argument_int8_export_uses_newest_run_its_vocabulary_and_data(default
 def test_int8_bundle_passes_its_golden_self_test_and_refuses_a_changed_byte(default_bundle, tmp_path):
     m = load_manifest(default_bundle)
     art = m.artifact("openvino")
-    n = check_golden(
-        default_bundle, m, "openvino", OpenVINORunner(default_bundle / art.path, None, art.properties)
-    )
+    n = run_golden_selftest(default_bundle, m, load_backend("openvino", default_bundle, m, artifact=art))
     assert n == len(m.golden) > 0
     copy = tmp_path / "copy"
     shutil.copytree(default_bundle, copy)
@@ -114,12 +111,12 @@ def test_int8_detects_the_glass_defects_fp32_detects(default_bundle, workdir):
     root, data = workdir
     m = load_manifest(default_bundle)
     source = load_source(root / "runs" / "tiny" / "best.pt")
-    torch_fp32 = TorchRunner(build_wrapper(source.model, "folded", source.text_embeddings))
-    int8 = runner_for(default_bundle, m, m.artifact("openvino"))
+    torch_fp32 = TorchReference(build_wrapper(source.model, "folded", source.text_embeddings))
+    int8 = load_backend("openvino", default_bundle, m)
     names = [c.name for c in m.vocabulary.classes]
     images = [cv2.imread(str(p)) for p in list_images(data / "Images" / "val")[:4]]
     batch, lbs = preprocess(images, m.preprocess.spec())
-    (rb, rs), (qb, qs) = torch_fp32(batch), int8(batch)
+    (rb, rs), (qb, qs) = torch_fp32.infer(batch), int8.infer(batch)
     matched = total = 0
     for i, lb in enumerate(lbs):
         ref = decode_detections(rb[i], rs[i], lb, names, LOW, 0.5, 50)

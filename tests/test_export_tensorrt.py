@@ -10,7 +10,7 @@ import torch
 
 from export.calibration import CalibrationSet
 from export.onnx_export import export_onnx
-from export.onnxruntime_int8 import quantize_qdq
+from export.onnxruntime_backend import quantize_qdq
 from export.tensorrt import (
     CalibrationBatches,
     CalibrationCache,
@@ -85,19 +85,35 @@ def test_qdq_onnx_for_tensorrt_is_symmetric_int8(tmp_path):
 
 @pytest.mark.tensorrt
 def test_build_engine_on_gpu(tmp_path):
+    """The TensorRT target through the whole pipeline; its engine runs on the runtime's TensorRT backend."""
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT engine build not run: {why}")
-    from export.tensorrt import TensorRTRunner, build_engine
+    from export.options import BundleOptions, ExportOptions
+    from export.pipeline import export_bundle
+    from export.source import ExportSource
+    from rtvp_edge.backends import load_backend
+    from rtvp_edge.bundle import VocabularyClass
 
     torch.manual_seed(0)
     model = TinyGlassDetector((64, 64), 16).eval()
     emb = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
-    wrapper = build_wrapper(model, "folded", emb)
-    path = export_onnx(wrapper, tmp_path / "m.onnx", "folded", (64, 64), (3, 16))
-    engine = build_engine(path, tmp_path / "m.engine", "fp32")
+    source = ExportSource(
+        model=model,
+        model_name="tiny_double",
+        preprocess=PreprocessSpec((64, 64)),
+        classes=[VocabularyClass(name=n, prompt=n) for n in ("oil", "bubble", "stone")],
+        text_encoder="random:16",
+        text_embeddings=emb,
+    )
+    options = ExportOptions(target="tensorrt", bundle=BundleOptions(golden_count=2), progress=False)
+    m = export_bundle(source, tmp_path / "trt", options)
+    backend = load_backend("tensorrt", tmp_path / "trt", m, "0")
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    boxes, scores = TensorRTRunner(engine)(x)
+    try:
+        boxes, scores = backend.infer(x)
+    finally:
+        backend.close()
     with torch.no_grad():
-        ref = wrapper(torch.from_numpy(x))
+        ref = build_wrapper(model, "folded", emb)(torch.from_numpy(x))
     np.testing.assert_allclose(scores, ref[1].numpy(), atol=1e-3)

@@ -125,7 +125,7 @@ def test_mobile_sam_needs_its_weights_unless_random_is_named():
             "mobile_sam_t", "random", sam_img_size=64, sam_checkpoint=None, load_weights=True
         )
     assert set(enc.output_shape()) == {"s8", "s16", "neck"}
-    with pytest.raises(ValueError, match="model.encoder"):
+    with pytest.raises(ValueError, match=r"encoder\n  Value error, unknown encoder 'clip_vit'"):
         ModelConfig(encoder="clip_vit")
 
 

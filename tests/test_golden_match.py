@@ -56,7 +56,15 @@ def test_each_actual_detection_matches_one_expected_detection():
 
 
 def test_export_checks_golden_samples_with_the_runtime_comparison():
+    """Export records and checks golden outputs with the runtime's own self-test, which compares with
+    ``golden_differences``: no comparison of its own."""
     import export.golden
+    import export.pipeline
+    import export.verify
+    import rtvp_edge.selftest as selftest
 
-    assert export.golden.golden_differences is golden_differences
-    assert not hasattr(export.golden, "match_golden")
+    assert selftest.run_golden_selftest.__globals__["golden_differences"] is golden_differences
+    assert export.verify.selftest_artifacts is selftest.selftest_artifacts
+    assert export.pipeline.record_golden is selftest.record_golden
+    for name in ("match_golden", "check_golden", "golden_differences", "decode"):
+        assert not hasattr(export.golden, name), name

@@ -122,7 +122,9 @@ def test_rebuild_from_state_dict_needs_no_sam_file(tmp_path, sam_1024_checkpoint
         sam_checkpoint=str(path),
     )
     trained = build_model(cfg)
-    gone = ModelConfig(**{**cfg.to_dict(), "sam_checkpoint": str(tmp_path / "elsewhere" / "mobile_sam.pt")})
+    gone = ModelConfig(
+        **{**cfg.model_dump(), "sam_checkpoint": str(tmp_path / "elsewhere" / "mobile_sam.pt")}
+    )
     with pytest.raises(FileNotFoundError, match="load_weights=False"):
         build_model(gone)
     with warnings.catch_warnings():

@@ -10,6 +10,7 @@ from rtvp_edge.rig import (
     Defect3D,
     RigConfig,
     container_profile,
+    load_rig_config,
     project_defect,
     render_container,
     render_view,
@@ -17,6 +18,7 @@ from rtvp_edge.rig import (
 )
 from rtvp_edge.rig.defects import SPRITES, make_sprite
 from rtvp_edge.vocabulary import GLASS_DEFECTS
+from rtvp_edge.yaml_config import ConfigError
 
 CFG = RigConfig(seed=7)
 
@@ -236,23 +238,82 @@ def test_class_looks_differ():
     ],
 )
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=f"RigConfig.{field}"):
+    # pydantic: "validation error for RigConfig", then the field on its own line (image_size.1: the missing item)
+    with pytest.raises(ValueError, match=rf"validation error for RigConfig\n{field}\b"):
         RigConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (
+            {"mean_defects": 7.0, "max_defects": 6},
+            "mean_defects\n  Value error, must be in [1, max_defects=6]",
+        ),
+        ({"class_weights": (1.0, 2.0)}, "class_weights: needs one non-negative weight per class (8)"),
+        ({"seed": True}, "seed\n  Input should be a valid integer"),  # a boolean is not a seed
+        ({"classes": ()}, "classes\n  Value error, must not be empty"),
+    ],
+)
+def test_config_cross_field_and_type_errors(kwargs, needle):
+    with pytest.raises(ValueError) as e:
+        RigConfig(**kwargs)
+    assert needle in str(e.value)
+
+
 def test_config_from_a_mapping_is_strict():
-    cfg = RigConfig.from_dict(
-        {"seed": 4, "classes": ["bubble", "stone"], "shapes": ["jar"]}, where="camera.rig"
-    )
+    cfg = RigConfig.model_validate({"seed": 4, "classes": ["bubble", "stone"], "shapes": ["jar"]})
     assert [c.name for c in cfg.classes] == ["bubble", "stone"] and cfg.shapes == ("jar",)
-    with pytest.raises(ValueError, match=r"camera\.rig: unknown key\(s\) \['sede'\]"):
-        RigConfig.from_dict({"sede": 4}, where="camera.rig")
-    with pytest.raises(ValueError, match=r"camera\.rig\.classes"):
-        RigConfig.from_dict({"classes": ["bubble", "dent"]}, where="camera.rig")
-    with pytest.raises(ValueError, match=r"camera\.rig: RigConfig\.defect_free_share"):
-        RigConfig.from_dict({"defect_free_share": -0.1}, where="camera.rig")
-    with pytest.raises(ValueError, match=r"camera\.rig"):
-        RigConfig.from_dict({"noise_sigma": "loud"}, where="camera.rig")
+    assert RigConfig.model_validate(cfg.model_dump()) == cfg  # dumped classes are names again
+    with pytest.raises(ValueError, match=r"sede\n  Extra inputs are not permitted"):
+        RigConfig.model_validate({"sede": 4})
+    with pytest.raises(ValueError, match=r"classes\n  Value error, 'dent' is not a glass defect class"):
+        RigConfig.model_validate({"classes": ["bubble", "dent"]})
+    with pytest.raises(ValueError, match=r"defect_free_share\n  Input should be greater than or equal to 0"):
+        RigConfig.model_validate({"defect_free_share": -0.1})
+    with pytest.raises(ValueError, match=r"noise_sigma\n  Input should be a valid number"):
+        RigConfig.model_validate({"noise_sigma": "loud"})
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.seed = 5  # validated once: cannot change afterwards
+
+
+def test_rig_file_errors_name_file_line_and_key(tmp_path):
+    p = tmp_path / "rig.yaml"
+    p.write_text(
+        "seed: 4\nclasses: [bubble, dent]\nsede: 3\nnoise_sigma: loud\nimage_size: [820]\nmean_defects: 9\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_rig_config(p)
+    lines = str(e.value).splitlines()
+    assert f"{p}:2: classes: 'dent' is not a glass defect class; known: ['black spot', 'bubble', " in str(
+        e.value
+    )
+    assert any(
+        s.startswith(f"{p}:3: sede: unknown key (check the spelling; valid keys here: ") for s in lines
+    )
+    assert f"{p}:4: noise_sigma: Input should be a valid number (got 'loud')" in lines
+    assert f"{p}:5: image_size.1: item missing (the list is too short)" in lines
+    assert f"{p}:6: mean_defects: must be in [1, max_defects=6] (got 9)" in lines
+    assert len(lines) == 5
+    p.write_text("seed: 4\nseed: 5\n")
+    with pytest.raises(ConfigError, match=r"rig.yaml:2: key 'seed' repeated \(first on line 1\)"):
+        load_rig_config(p)
+    with pytest.raises(ConfigError, match="rig file not found"):
+        load_rig_config(tmp_path / "none.yaml")
+
+
+def test_rig_file_builds_the_rig_it_names(tmp_path):
+    p = tmp_path / "rig.yaml"
+    p.write_text("seed: 3\nclasses: [bubble, black spot]\nshapes: [jar]\ntints: [amber]\nnoise_sigma: 1e-1\n")
+    cfg = load_rig_config(p)
+    assert cfg == RigConfig(
+        seed=3,
+        classes=(GLASS_DEFECTS[2], GLASS_DEFECTS[1]),
+        shapes=("jar",),
+        tints=("amber",),
+        noise_sigma=0.1,
+    )
+    assert [c.name for c in cfg.classes] == ["bubble", "black spot"]
 
 
 def test_other_image_sizes_scale_the_scene():

@@ -142,15 +142,34 @@ def test_runtime_backend_names_a_cached_engine_it_cannot_read(monkeypatch, tmp_p
         load_backend("tensorrt", toy, m, "0")
 
 
+def _staged(toy, tmp_path):
+    """A copy of the toy bundle being staged the way rtvp-export stages one (``export.targets``)."""
+    import shutil
+
+    from export.targets import StagedBundle
+
+    root = tmp_path / "staged"
+    shutil.copytree(toy, root)
+    return StagedBundle(root, load_manifest(toy))
+
+
 def test_export_build_engine_and_runner_share_the_runtime_code(monkeypatch, tmp_path, toy):
-    from export.tensorrt import TensorRTRunner, build_engine
+    from export.tensorrt import build_engine
+    from rtvp_edge.bundle import Artifact
 
     trt, cuda = fake_tensorrt.install(monkeypatch, "10.8.0")
-    engine = build_engine(toy / "model.onnx", tmp_path / "trt" / "m.engine", "int8", calibrator=object())
+    staged = _staged(toy, tmp_path)
+    engine = build_engine(
+        toy / "model.onnx", staged.root / "tensorrt" / "m.engine", "int8", calibrator=object()
+    )
     assert engine.is_file() and not list(engine.parent.glob("*.tmp"))
     assert trt.record[-1][1].flags == ["FP16", "INT8"]
     x = _batch(3, seed=1)
-    boxes, scores = TensorRTRunner(engine)(x)
+    art = Artifact(backend="tensorrt", path="tensorrt/m.engine", precision="int8", device="Fake GPU 80GB",
+                   properties={"tensorrt": "10.8.0"})  # fmt: skip
+    with staged.run(art) as backend:  # export runs its engine with the runtime's TensorRT backend
+        assert backend.engine_path == engine  # the engine export built, not one built from the ONNX
+        boxes, scores = backend.infer(x)
     import onnxruntime as ort
 
     ref = ort.InferenceSession(str(toy / "model.onnx"), providers=["CPUExecutionProvider"]).run(
@@ -166,11 +185,16 @@ def test_export_records_the_precision_the_engine_really_has(monkeypatch, tmp_pat
     from export.tensorrt import export_tensorrt
 
     trt, _ = fake_tensorrt.install(monkeypatch, version)
-    art, runner = export_tensorrt(toy / "model.onnx", tmp_path, None, half=True, int8=False, embeddings=None)
+    staged = _staged(toy, tmp_path)
+    art = export_tensorrt(
+        staged.root / "model.onnx", staged.root, None, half=True, int8=False, embeddings=None
+    )
     assert art.precision == recorded  # TensorRT 11 builds an FP32 graph as FP32: the bundle must not say FP16
     assert art.path == f"tensorrt/model.Fake_GPU_80GB.trt{version}.{recorded}.engine"
-    assert (tmp_path / art.path).is_file() and art.properties == {"tensorrt": version}
-    assert runner(_batch(2))[1].shape == (2, 64, 2)
+    assert (staged.root / art.path).is_file() and art.properties == {"tensorrt": version}
+    with staged.run(art) as backend:
+        assert backend.engine_path == staged.root / art.path
+        assert backend.infer(_batch(2))[1].shape == (2, 64, 2)
 
 
 def test_runtime_cache_key_names_the_precision_trt11_really_builds(monkeypatch, tmp_path, toy):

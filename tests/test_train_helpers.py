@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,19 +19,20 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from rtvp_edge.strict import StrictModel
+
 SHAPE_CLASSES = ["red", "green", "blue"]
 SHAPE_COLOURS = {"red": (40, 40, 220), "green": (40, 200, 40), "blue": (220, 60, 40)}  # BGR
 
 
-@dataclass
-class DoubleConfig:
-    """Model config of the stand-in detector (a dataclass, like ``training.model.ModelConfig``)."""
+class DoubleConfig(StrictModel):
+    """Model config of the stand-in detector (a strict pydantic model, like ``training.model.ModelConfig``)."""
 
     img_size: int = 128
     width: int = 16
     text_dim: int = 32
     pretrain: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict = {}
 
 
 class DoubleDetector(nn.Module):

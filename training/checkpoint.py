@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from rtvp_edge.preprocess import PreprocessSpec
@@ -99,6 +100,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def _plain(x: Any) -> Any:
+    if isinstance(x, BaseModel):  # the model and training configs
+        return _plain(x.model_dump())
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if isinstance(x, (list, tuple)):
@@ -133,7 +136,7 @@ def save_checkpoint(
         path: destination ``.pt`` file (parent directories are created).
         model: the model (DDP/compile wrappers are unwrapped).
         optimizer: saved for exact resume when given.
-        model_config: the ``ModelConfig`` dataclass the model was built from.
+        model_config: the ``ModelConfig`` the model was built from.
         vocabulary: ``[{"name": str, "prompt": str}]`` in class-id order.
         text_encoder: the text-encoder spec string.
         preprocess: the input preprocessing.
@@ -247,7 +250,7 @@ def build_from_checkpoint(
     Raises:
         CheckpointError: unreadable checkpoint, unknown model-config keys, or weights that do not fit.
     """
-    from training.config import ConfigError, from_dict
+    from rtvp_edge.yaml_config import ConfigError, validate_mapping
 
     ckpt = load_checkpoint(path)
     default_cls, default_build = _default_builder()
@@ -258,7 +261,7 @@ def build_from_checkpoint(
     if model_config_cls is default_cls and "encoder" not in stored:
         stored["encoder"] = "mobile_sam_t"  # written before the encoder slot existed: the paper's encoder
     try:
-        model_config = from_dict(model_config_cls, stored, prefix="model_config", source=str(path))
+        model_config = validate_mapping(model_config_cls, stored, str(path), prefix=("model_config",))
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
     # The encoder's pretrained weights are in the state dict loaded below: nothing else is read from disk.

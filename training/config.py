@@ -1,35 +1,37 @@
-"""Training configuration: one dataclass tree, read from YAML plus ``key=value`` dotted overrides.
+"""Training configuration: one pydantic tree, read from YAML plus ``key=value`` dotted overrides.
 
-Read once, at start, into typed objects. Unknown keys and wrong types are errors that name the key and the
-file they came from (a typo must never silently fall back to a default). The resolved tree is written next
-to the run's outputs (``runs/<name>/config.yaml``) so a run can be repeated from that file alone.
+Read once, at start, into typed, frozen objects. Unknown keys and wrong types are errors in the format of every
+YAML file of the project (``rtvp_edge.yaml_config``): the file, the line and the key, e.g.::
+
+    configs/glass.yaml:7: optim.lr: Input should be a valid number (got 'fast')
+    command line (data.batch_size=big): data.batch_size: Input should be a valid integer (got 'big')
+
+A typo never falls back to a default silently. The resolved tree is written next to the run's outputs
+(``runs/<name>/config.yaml``) so a run can be repeated from that file alone.
 
 The model part of the tree is ``training.model.ModelConfig`` (owned by the model package); it is resolved
-lazily so this module stays importable, and testable with a stand-in model config.
+lazily so this module stays importable without torch, and testable with a stand-in model config.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import types
-import typing
-from dataclasses import dataclass, field
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, Field, create_model, field_validator
 
-if TYPE_CHECKING:  # resolved at load time, see ``_model_config_cls``
-    from training.model import ModelConfig
+from rtvp_edge.strict import StrictModel
+from rtvp_edge.yaml_config import ConfigError, read_yaml, validate_tree, yaml_value
+
+__all__ = [
+    "ConfigError", "DataConfig", "EmaConfig", "EvalConfig", "OptimConfig", "OutputConfig", "ScheduleConfig",
+    "TextConfig", "TrainConfig", "load_config", "parse_overrides", "save_config", "to_dict", "train_config_class",
+]  # fmt: skip
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the key and the source."""
-
-
-@dataclass
-class DataConfig:
+class DataConfig(StrictModel):
     """Where the data set lives and how samples are prepared.
 
     Args:
@@ -55,8 +57,8 @@ class DataConfig:
     root: str = "data/glass"
     train_split: str = "train"
     val_split: str = "val"
-    train_classes: list[str] = field(default_factory=list)
-    eval_classes: list[str] = field(default_factory=list)
+    train_classes: list[str] = []
+    eval_classes: list[str] = []
     drop_images_with_unseen: bool = True
     batch_size: int = 16
     workers: int = 2
@@ -64,23 +66,17 @@ class DataConfig:
     hsv: tuple[float, float, float] = (0.015, 0.5, 0.3)
     scale_jitter: float = 0.1
     max_images: int = 0
-    crop: list[int] = field(default_factory=list)
+    crop: list[int] = []
 
-    def __post_init__(self) -> None:
-        if self.crop and (
-            len(self.crop) != 4
-            or self.crop[0] < 0
-            or self.crop[1] < 0
-            or self.crop[2] <= self.crop[0]
-            or self.crop[3] <= self.crop[1]
-        ):
-            raise ValueError(
-                f"data.crop: expected [x1, y1, x2, y2] with 0 <= x1 < x2 and 0 <= y1 < y2, got {self.crop}"
-            )
+    @field_validator("crop")
+    @classmethod
+    def _crop_box(cls, v: list[int]) -> list[int]:
+        if v and (len(v) != 4 or v[0] < 0 or v[1] < 0 or v[2] <= v[0] or v[3] <= v[1]):
+            raise ValueError(f"expected [x1, y1, x2, y2] with 0 <= x1 < x2 and 0 <= y1 < y2, got {v}")
+        return v
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(StrictModel):
     """AdamW with the paper's defaults (lr 2e-3, weight decay 0.025).
 
     Args:
@@ -97,8 +93,7 @@ class OptimConfig:
     clip_grad_norm: float = 10.0
 
 
-@dataclass
-class ScheduleConfig:
+class ScheduleConfig(StrictModel):
     """Learning-rate schedule: linear warm-up then cosine or linear decay, in optimizer steps.
 
     Args:
@@ -120,8 +115,7 @@ class ScheduleConfig:
     final_factor: float = 0.01
 
 
-@dataclass
-class EmaConfig:
+class EmaConfig(StrictModel):
     """Exponential moving average of the weights (evaluated and exported instead of the raw weights).
 
     Args:
@@ -136,8 +130,7 @@ class EmaConfig:
     tau: float = 2000.0
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(StrictModel):
     """Evaluation during training (COCO metrics with pycocotools on ``data.val_split``).
 
     Args:
@@ -160,8 +153,7 @@ class EvalConfig:
     precise_bn_batches: int = 16
 
 
-@dataclass
-class OutputConfig:
+class OutputConfig(StrictModel):
     """Where the run writes.
 
     Args:
@@ -180,8 +172,7 @@ class OutputConfig:
     overwrite: bool = False
 
 
-@dataclass
-class TextConfig:
+class TextConfig(StrictModel):
     """The frozen text encoder that turns class prompts into embeddings.
 
     Args:
@@ -195,8 +186,7 @@ class TextConfig:
     cache_dir: str = ""
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(StrictModel):
     """Everything one training run needs.
 
     Args:
@@ -216,14 +206,15 @@ class TrainConfig:
     """
 
     name: str = "rtvpnet"
-    model: ModelConfig = None  # type: ignore[assignment]  # filled with defaults by ``from_dict``
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    # The model part: ``training.model.ModelConfig`` (or a stand-in), typed by ``train_config_class``.
+    model: Any = None
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    ema: EmaConfig = EmaConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    text: TextConfig = TextConfig()
     stage: Literal["pretrain", "joint"] = "joint"
     protocol: Literal["closed", "open"] = "closed"
     init_from: str = ""
@@ -238,147 +229,26 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------- loading
 
 
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _model_config_cls() -> type:
+def _model_config_cls() -> type[BaseModel]:
     from training.model import ModelConfig
 
     return ModelConfig
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@functools.cache
+def train_config_class(model_config_cls: type[BaseModel]) -> type[TrainConfig]:
+    """``TrainConfig`` with its ``model`` section typed as ``model_config_cls`` (defaults when absent)."""
+    return create_model(
+        "TrainConfig",
+        __base__=TrainConfig,
+        __module__=__name__,
+        model=(model_config_cls, Field(default_factory=model_config_cls)),
+    )
 
 
-def _convert(value: Any, tp: Any, key: str, source: str, localns: dict) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert it (lists to tuples, ints to floats)."""
-
-    def fail(expected: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: {key}: expected {expected}, got {value!r} ({type(value).__name__})")
-
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            fail(f"a mapping of {tp.__name__} fields")
-        return from_dict(tp, value, prefix=key, source=source, localns=localns)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, source, localns)
-            except ConfigError as e:
-                errors.append(str(e))
-        fail(" or ".join(_type_name(a) for a in args))
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            fail("one of " + ", ".join(repr(c) for c in choices))
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            fail(f"a list ({_type_name(tp)})")
-        args = typing.get_args(tp)
-        if origin is list:
-            return [_convert(v, args[0], f"{key}[{i}]", source, localns) for i, v in enumerate(value)]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]", source, localns) for i, v in enumerate(value))
-        if len(value) != len(args):
-            fail(f"a list of {len(args)} values")
-        return tuple(
-            _convert(v, a, f"{key}[{i}]", source, localns)
-            for i, (v, a) in enumerate(zip(value, args, strict=False))
-        )
-    if origin is dict:
-        if not isinstance(value, dict):
-            fail("a mapping")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            fail("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads "1e-3" as a string; it is a number here
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            fail("a string")
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            fail(tp.__name__)
-        return value
-    raise ConfigError(f"{source}: {key}: unsupported annotation {tp!r}")
-
-
-def from_dict(
-    cls: type, data: dict, *, prefix: str = "", source: str = "<config>", localns: dict | None = None
-) -> Any:
-    """Build dataclass ``cls`` from a nested mapping, strictly.
-
-    Args:
-        cls: the dataclass type.
-        data: mapping of field name to value (nested mappings for nested dataclasses).
-        prefix: dotted key of ``data`` inside the whole tree, for error messages.
-        source: the file (or "command line") the values came from, for error messages.
-        localns: extra names for resolving string annotations (``ModelConfig``).
-    Raises:
-        ConfigError: naming the key and the source, for an unknown key or a value of the wrong type.
-    """
-    localns = dict(localns or {})
-    if "ModelConfig" not in localns and cls is TrainConfig:
-        localns["ModelConfig"] = _model_config_cls()
-    hints = typing.get_type_hints(cls, localns=localns)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"{source}: unknown key {where}{unknown[0]!s}"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + f"; valid keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if name in data:
-            kwargs[name] = _convert(data[name], tp, key, source, localns)
-        elif dataclasses.is_dataclass(tp) and f.default is None:
-            kwargs[name] = from_dict(tp, {}, prefix=key, source=source, localns=localns)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:  # a dataclass's own __post_init__ checks
-        raise ConfigError(f"{source}: {prefix or cls.__name__}: {e}") from e
-
-
-def to_dict(cfg: Any) -> dict:
-    """Dataclass tree to plain YAML-able types (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(cfg)
+def to_dict(cfg: BaseModel) -> dict:
+    """The configuration tree as plain YAML-able types (tuples become lists)."""
+    return cfg.model_dump(mode="json")
 
 
 def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
@@ -392,18 +262,16 @@ def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    """Parse ``key=value`` strings; values are YAML scalars/lists (``lr=1e-3``, ``hsv=[0,0,0]``)."""
+def parse_overrides(overrides: list[str]) -> list[tuple[str, str, Any]]:
+    """Parse ``key=value`` strings into (item, key, value); values are read as YAML values of a file would be
+    (``lr=1e-3``, ``hsv=[0,0,0]``)."""
     out = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not p.isidentifier() for p in key.split(".")):
             raise ConfigError(f"command line: override {item!r} is not of the form dotted.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"command line: override {item!r}: value is not valid YAML: {e}") from e
-        out.append((key, value))
+        value = yaml_value(raw, f"command line ({item})") if raw != "" else ""
+        out.append((item, key, value))
     return out
 
 
@@ -411,41 +279,36 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     *,
-    model_config_cls: type | None = None,
+    model_config_cls: type[BaseModel] | None = None,
 ) -> TrainConfig:
     """Read a YAML file, apply ``key=value`` overrides, validate into a ``TrainConfig``.
 
     Args:
         path: YAML file (None = all defaults).
         overrides: dotted ``key=value`` strings, applied in order after the file.
-        model_config_cls: the model config dataclass (default ``training.model.ModelConfig``).
+        model_config_cls: the model config class (default ``training.model.ModelConfig``).
     Raises:
-        ConfigError: unreadable file, unknown key, wrong type; the message names the key and the file
-            (or "command line" for an override).
+        ConfigError: unreadable file, unknown key, wrong type: ``<file>:<line>: <key>: <problem>`` for the
+            file, ``command line (<key>=<value>): <key>: <problem>`` for an override.
     """
+    cls = train_config_class(model_config_cls or _model_config_cls())
     tree: dict = {}
+    root = None
     source = "<defaults>"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
-        tree = loaded
-    localns = {"ModelConfig": model_config_cls or _model_config_cls()}
-    # Validate the file alone first, so an error in it names the file rather than the command line.
-    from_dict(TrainConfig, tree, source=source, localns=localns)
-    for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value, "command line")
-        from_dict(TrainConfig, tree, source=f"command line ({key}={value!r}) over {source}", localns=localns)
-    return from_dict(TrainConfig, tree, source=source, localns=localns)
+        source = str(path)
+        tree, root = read_yaml(path, "config file")
+        if tree is None:
+            tree = {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}:1: the top level must be a mapping of keys, got {type(tree).__name__}")
+    # Validate the file alone first, so an error in it names the file and its line.
+    cfg = validate_tree(cls, tree, root, source)
+    for item, key, value in parse_overrides(overrides or []):
+        where = f"command line ({item})"
+        _set_dotted(tree, key, value, where)
+        cfg = validate_tree(cls, tree, None, where)
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rtvp_edge.bundle import Artifact, BundleError, BundleManifest, bundle_path, read_verified
+from rtvp_edge.bundle import Artifact, BundleError, BundleManifest, IOInfo, bundle_path, read_verified
 
 # callback(boxes (B,N,4), scores (B,N,C), error) -- exactly one of (outputs, error) is set.
 InferCallback = Callable[[np.ndarray | None, np.ndarray | None, BaseException | None], None]
@@ -37,6 +37,12 @@ class Backend(abc.ABC):
         self.fixed_batch: int = -1  # > 0 when the compiled artifact only accepts this batch size
         # Which of the bundle's artifacts to load (set before ``load``; None: the backend's first one).
         self.artifact: Artifact | None = None
+        self._io: IOInfo | None = None  # the graph's names when opened from a file (``open_file``)
+
+    @property
+    def io(self) -> IOInfo:
+        """The graph's input and output names: the bundle's ``io``, or those given to ``open_file``."""
+        return self._io if self._io is not None else self.manifest.io
 
     @abc.abstractmethod
     def load(self, bundle_dir: str | Path, manifest: BundleManifest, device: str, threads: int) -> None:
@@ -50,6 +56,39 @@ class Backend(abc.ABC):
         Raises:
             BundleError: the artifact is missing or cannot be loaded (message names the file).
         """
+
+    def open_file(
+        self,
+        path: str | Path,
+        io: IOInfo,
+        properties: dict[str, str] | None = None,
+        device: str = "CPU",
+        threads: int = 0,
+    ) -> None:
+        """Compile a model file that is not in a bundle (``rtvp_edge.backends.open_model``): to time or
+        compare a candidate artifact. Nothing is hash-checked: a line runs bundles only (``load``).
+
+        Args:
+            path: the model file (an OpenVINO IR ``.xml`` is read with the ``.bin`` beside it).
+            io: the graph's input/output names.
+            properties: backend compile properties (e.g. OpenVINO ``INFERENCE_PRECISION_HINT``).
+        Raises:
+            BundleError: the backend runs bundle artifacts only, or cannot load the file (names it).
+        """
+        path = Path(path)
+        self._io = io
+        try:
+            model = path.read_bytes()
+            weights = path.with_suffix(".bin").read_bytes() if path.suffix == ".xml" else None
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read the model file ({e})") from None
+        self._open_bytes(path, model, weights, dict(properties or {}), device, threads)
+
+    def _open_bytes(
+        self, path: Path, model: bytes, weights: bytes | None, properties: dict, device: str, threads: int
+    ) -> None:
+        """Compile a model read from ``path`` (``open_file``)."""
+        raise BundleError(f"backend {self.name} runs bundle artifacts only, not the file {path}")
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +123,7 @@ class Backend(abc.ABC):
             BundleError: the bundle's graph has no region-embedding output (``io.region_output``), e.g. a
                 folded bundle or one exported before it existed: re-export with ``--vocab-mode input``.
         """
-        io = self.manifest.io
+        io = self.io
         if io.region_output is None:
             raise BundleError(
                 f"{self.name}: the bundle's graph has no region-embedding output (io.region_output): "

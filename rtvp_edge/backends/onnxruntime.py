@@ -24,6 +24,16 @@ class OnnxRuntimeBackend(Backend):
         self.artifact = self.artifact or manifest.artifact("onnxruntime")
         # the hashed bytes, not the path
         path, model = artifact_bytes(bundle_dir, manifest, "onnxruntime", self.artifact)
+        self._session(ort, path, model, device, threads)
+
+    def _open_bytes(
+        self, path: Path, model: bytes, weights: bytes | None, properties: dict, device: str, threads: int
+    ) -> None:
+        import onnxruntime as ort
+
+        self._session(ort, path, model, device, threads)
+
+    def _session(self, ort, path: Path, model: bytes, device: str, threads: int) -> None:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -37,7 +47,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: ONNX Runtime cannot load the model ({e})") from None
-        io = manifest.io
+        io = self.io
         names = {i.name: i for i in self.session.get_inputs()}
         if io.image_input not in names:
             raise BundleError(f"{path}: no input {io.image_input!r} (inputs: {sorted(names)})")
@@ -45,14 +55,14 @@ class OnnxRuntimeBackend(Backend):
         self.fixed_batch = b if isinstance(b, int) and b > 0 else -1
 
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        io = self.manifest.io
+        io = self.io
         boxes, scores = self._run_outputs(batch, embeddings, [io.boxes_output, io.scores_output])
         return boxes, scores
 
     def _run_outputs(
         self, batch: np.ndarray, embeddings: np.ndarray | None, names: list[str]
     ) -> list[np.ndarray]:
-        io = self.manifest.io
+        io = self.io
         feeds = {io.image_input: batch}
         if io.embeddings_input:
             feeds[io.embeddings_input] = embeddings

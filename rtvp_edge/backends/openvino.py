@@ -75,9 +75,6 @@ class OpenVINOBackend(Backend):
             config = dict(art.properties) or (
                 {"INFERENCE_PRECISION_HINT": "f32"} if art.precision == "fp32" else {}
             )
-        core = ov.Core()
-        if threads and device.upper().startswith("CPU"):
-            config["INFERENCE_NUM_THREADS"] = threads
         # Compile the bytes that were hashed: OpenVINO never opens a bundle path itself (an IR's .bin would
         # otherwise be read after, and apart from, the check).
         weights = (
@@ -85,6 +82,29 @@ class OpenVINOBackend(Backend):
             if weights_rel is not None
             else None
         )
+        self.artifact = art
+        self._compile(ov, path, model_bytes, weights, config, device, threads)
+
+    def _open_bytes(
+        self, path: Path, model: bytes, weights: bytes | None, properties: dict, device: str, threads: int
+    ) -> None:
+        import openvino as ov
+
+        self._compile(ov, path, model, weights, properties, device, threads)
+
+    def _compile(
+        self,
+        ov,
+        path: Path,
+        model_bytes: bytes,
+        weights: bytes | None,
+        config: dict,
+        device: str,
+        threads: int,
+    ) -> None:
+        core = ov.Core()
+        if threads and device.upper().startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = threads
         try:
             if weights is not None:
                 model = core.read_model(
@@ -95,7 +115,7 @@ class OpenVINOBackend(Backend):
             self.compiled = core.compile_model(model, device.upper(), config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BundleError(f"{path}: OpenVINO cannot compile the model for {device}: {e}") from None
-        io = manifest.io
+        io = self.io
         names = {n for p in self.compiled.inputs for n in p.get_names()}
         if io.image_input not in names:
             raise BundleError(f"{path}: no input {io.image_input!r} (inputs: {sorted(names)})")
@@ -106,7 +126,6 @@ class OpenVINOBackend(Backend):
         self._queue.set_callback(self._done)
         self.device = device
         self.properties = config
-        self.artifact = art
         requested = config.get("INFERENCE_PRECISION_HINT")
         chosen = self.describe()["precision_hint"]
         if device.upper().startswith("CPU") and requested and str(requested).lower() != chosen:
@@ -121,14 +140,14 @@ class OpenVINOBackend(Backend):
             )
 
     def _feeds(self, batch: np.ndarray, embeddings: np.ndarray | None) -> dict:
-        io = self.manifest.io
+        io = self.io
         feeds = {io.image_input: batch}
         if io.embeddings_input:
             feeds[io.embeddings_input] = embeddings
         return feeds
 
     def _infer(self, batch: np.ndarray, embeddings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        io = self.manifest.io
+        io = self.io
         with self._lock:  # one synchronous request object; async parts use the queue's own requests
             res = self._request.infer(self._feeds(batch, embeddings))
             return (
@@ -158,7 +177,7 @@ class OpenVINOBackend(Backend):
 
     def _done(self, request, userdata) -> None:
         callback, n, embeddings = userdata
-        io = self.manifest.io
+        io = self.io
         try:
             boxes = np.array(request.get_tensor(self.compiled.output(io.boxes_output)).data[:n])
             scores = np.array(request.get_tensor(self.compiled.output(io.scores_output)).data[:n])

@@ -1,6 +1,6 @@
 """The simulated rotating glass-container rig (no torch): renderer, geometry and six-camera source.
 
-See ``docs/rig.md``. Entry points: ``RigConfig``, ``render_container``, ``SimulatedRig``.
+See ``docs/rig.md``. Entry points: ``RigConfig`` (``load_rig_config`` for a YAML file), ``render_container``, ``SimulatedRig``.
 """
 
 from rtvp_edge.rig.camera import CORRUPTION_KINDS, DEFAULT_CAMERA_IDS, SimulatedCamera, SimulatedRig
@@ -12,6 +12,7 @@ from rtvp_edge.rig.render import (
     ContainerViews,
     Defect3D,
     RigConfig,
+    load_rig_config,
     part_id_for,
     project_defect,
     render_container,
@@ -35,6 +36,7 @@ __all__ = [
     "Defect3D",
     "RigConfig",
     "container_profile",
+    "load_rig_config",
     "part_id_for",
     "project_defect",
     "render_container",

@@ -13,13 +13,14 @@ and the defect sprites, all vectorised (see ``benchmarks/bench_rig.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import os
 import threading
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from pydantic import ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
 from rtvp_edge.messages import GroundTruthBox
 from rtvp_edge.rig.defects import SURFACE_CLASSES, DefectSprite, make_sprite
@@ -30,7 +31,9 @@ from rtvp_edge.rig.geometry import (
     container_profile,
     project_point,
 )
+from rtvp_edge.strict import StrictModel
 from rtvp_edge.vocabulary import GLASS_DEFECTS, DefectClass
+from rtvp_edge.yaml_config import load_yaml_model
 
 GENERATOR_VERSION = "rig-1.1"  # bump whenever the rendered pixels or boxes change
 
@@ -46,15 +49,17 @@ _MAX_SHIFT = 12
 _NOISE_MARGIN = 64
 
 
-@dataclass(frozen=True)
-class RigConfig:
-    """Everything that decides what the rig renders. Checked strictly when built.
+class RigConfig(StrictModel):
+    """Everything that decides what the rig renders. Checked strictly when built (pydantic, also in Python).
+
+    From a YAML file: ``load_rig_config`` (errors name the file, the line and the key).
 
     Args:
         seed: data set / line seed; a container is a pure function of (seed, container index).
         image_size: (height, width) of every camera image; the reference line is 820 x 700.
         defect_free_share: probability that a container has no defect at all.
-        classes: defect vocabulary; every class needs a look in ``rtvp_edge.rig.defects.SPRITES``.
+        classes: defect vocabulary; every class needs a look in ``rtvp_edge.rig.defects.SPRITES``. In YAML:
+            a list of vocabulary names (``[bubble, stone]``).
         class_weights: relative frequency per class (same order as ``classes``); None = uniform.
         shapes: container shapes drawn from (keys of ``geometry.PROFILES``).
         tints: glass tints drawn from (keys of ``TINTS``).
@@ -69,110 +74,117 @@ class RigConfig:
         view_angles_deg: view angle of each camera in the container frame.
     """
 
-    seed: int = 0
+    model_config = ConfigDict(strict=True)
+
+    seed: int = Field(0, ge=0)
     image_size: tuple[int, int] = (820, 700)
-    defect_free_share: float = 0.3
+    defect_free_share: float = Field(0.3, ge=0.0, le=1.0)
     classes: tuple[DefectClass, ...] = GLASS_DEFECTS
     class_weights: tuple[float, ...] | None = None
-    shapes: tuple[str, ...] = ("bottle", "jar", "vial", "wine")
-    tints: tuple[str, ...] = ("flint", "amber", "green")
-    mean_defects: float = 2.0
-    max_defects: int = 6
-    defect_size_scale: float = 1.0
-    large_defect_share: float = 0.12
-    noise_sigma: float = 2.0
-    exposure_jitter: float = 0.03
-    pose_jitter_px: float = 5.0
-    turn_jitter_deg: float = 2.0
-    view_angles_deg: tuple[float, ...] = VIEW_ANGLES_DEG
+    shapes: tuple[str, ...] = Field(("bottle", "jar", "vial", "wine"), min_length=1)
+    tints: tuple[str, ...] = Field(("flint", "amber", "green"), min_length=1)
+    max_defects: int = Field(6, ge=1)
+    mean_defects: float = 2.0  # after max_defects: checked against it
+    defect_size_scale: float = Field(1.0, ge=0.2, le=5.0)
+    large_defect_share: float = Field(0.12, ge=0.0, le=1.0)
+    noise_sigma: float = Field(2.0, ge=0.0, le=30.0)
+    exposure_jitter: float = Field(0.03, ge=0.0, le=0.3)
+    pose_jitter_px: float = Field(5.0, ge=0.0, le=_MAX_SHIFT)
+    turn_jitter_deg: float = Field(2.0, ge=0.0, le=10.0)
+    view_angles_deg: tuple[float, ...] = Field(VIEW_ANGLES_DEG, min_length=1)
 
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"RigConfig.{name}={getattr(self, name)!r}: {why}")
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_fill_tuples(cls, data: object) -> object:
+        # strict, but a mapping read from YAML/JSON has lists where the fields hold tuples
+        if isinstance(data, dict):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return data
 
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise bad("seed", "must be a non-negative int")
-        hw = self.image_size
-        if len(hw) != 2 or not all(isinstance(v, int) and v >= 64 for v in hw):
-            raise bad("image_size", "must be (height, width), ints >= 64")
-        if not 0.0 <= self.defect_free_share <= 1.0:
-            raise bad("defect_free_share", "must be in [0, 1]")
-        if not self.classes:
-            raise bad("classes", "must not be empty")
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 64:
+            raise ValueError(f"must be (height, width) of at least 64 pixels each, got {list(v)}")
+        return v
+
+    @field_validator("classes", mode="plain")
+    @classmethod
+    def _classes(cls, v: object) -> tuple[DefectClass, ...]:
+        """Vocabulary entries, or their names (a YAML file lists names)."""
         from rtvp_edge.rig.defects import SPRITES
 
-        for c in self.classes:
+        by_name = {c.name: c for c in GLASS_DEFECTS}
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+            raise ValueError(f"expected a list of class names from {sorted(by_name)}, got {v!r}")
+        out = []
+        for c in v:
+            if isinstance(c, str) and c in by_name:
+                c = by_name[c]
+            if not isinstance(c, DefectClass):
+                raise ValueError(f"{c!r} is not a glass defect class; known: {sorted(by_name)}")
             if c.name not in SPRITES:
-                raise bad("classes", f"class {c.name!r} has no rig look; known: {sorted(SPRITES)}")
-        if self.class_weights is not None and (
-            len(self.class_weights) != len(self.classes)
-            or min(self.class_weights) < 0
-            or sum(self.class_weights) <= 0
-        ):
-            raise bad("class_weights", "needs one non-negative weight per class, not all zero")
-        for s in self.shapes:
-            if s not in PROFILES:
-                raise bad("shapes", f"unknown shape {s!r}; known: {sorted(PROFILES)}")
-        if not self.shapes:
-            raise bad("shapes", "must not be empty")
-        for t in self.tints:
-            if t not in TINTS:
-                raise bad("tints", f"unknown tint {t!r}; known: {sorted(TINTS)}")
-        if not self.tints:
-            raise bad("tints", "must not be empty")
-        if not 1.0 <= self.mean_defects <= self.max_defects:
-            raise bad("mean_defects", "must be in [1, max_defects]")
-        if not isinstance(self.max_defects, int) or self.max_defects < 1:
-            raise bad("max_defects", "must be an int >= 1")
-        if not 0.2 <= self.defect_size_scale <= 5.0:
-            raise bad("defect_size_scale", "must be in [0.2, 5]")
-        if not 0.0 <= self.large_defect_share <= 1.0:
-            raise bad("large_defect_share", "must be in [0, 1]")
-        if not 0.0 <= self.noise_sigma <= 30.0:
-            raise bad("noise_sigma", "must be in [0, 30]")
-        if not 0.0 <= self.exposure_jitter <= 0.3:
-            raise bad("exposure_jitter", "must be in [0, 0.3]")
-        if not 0.0 <= self.pose_jitter_px <= _MAX_SHIFT:
-            raise bad("pose_jitter_px", f"must be in [0, {_MAX_SHIFT}]")
-        if not 0.0 <= self.turn_jitter_deg <= 10.0:
-            raise bad("turn_jitter_deg", "must be in [0, 10]")
-        if len(self.view_angles_deg) < 1:
-            raise bad("view_angles_deg", "needs at least one view")
+                raise ValueError(f"class {c.name!r} has no rig look; known: {sorted(SPRITES)}")
+            out.append(c)
+        if not out:
+            raise ValueError("must not be empty")
+        return tuple(out)
 
+    @field_serializer("classes")
+    def _class_names(self, v: tuple[DefectClass, ...]) -> list[str]:
+        return [c.name for c in v]  # as a rig file lists them (model_dump -> RigConfig round trip)
+
+    @field_validator("shapes")
     @classmethod
-    def from_dict(cls, d: dict, where: str = "rig") -> RigConfig:
-        """Build from a config mapping (e.g. a YAML section); unknown keys are errors naming ``where.key``.
+    def _shapes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for shape in v:
+            if shape not in PROFILES:
+                raise ValueError(f"unknown shape {shape!r}; known: {sorted(PROFILES)}")
+        return v
 
-        ``classes`` may be given as a list of vocabulary names (default: the whole glass vocabulary).
-        """
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        kw = dict(d)
-        if "classes" in kw:
-            by_name = {c.name: c for c in GLASS_DEFECTS}
-            try:
-                kw["classes"] = tuple(by_name[n] for n in kw["classes"])
-            except (KeyError, TypeError):
-                raise ValueError(
-                    f"{where}.classes: {kw['classes']!r} must list names of {sorted(by_name)}"
-                ) from None
-        for k in ("image_size", "shapes", "tints", "class_weights", "view_angles_deg"):
-            if isinstance(kw.get(k), list):
-                kw[k] = tuple(kw[k])
-        try:
-            return cls(**kw)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        except TypeError as e:  # a wrong type the checks could not compare
-            raise ValueError(f"{where}: {e}") from None
+    @field_validator("tints")
+    @classmethod
+    def _tints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for tint in v:
+            if tint not in TINTS:
+                raise ValueError(f"unknown tint {tint!r}; known: {sorted(TINTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RigConfig:
+        w = self.class_weights
+        if w is not None and (len(w) != len(self.classes) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(
+                f"class_weights: needs one non-negative weight per class ({len(self.classes)}), not all zero; got {list(w)}"
+            )
+        return self
+
+    @field_validator("mean_defects")
+    @classmethod
+    def _mean_defects(cls, v: float, info: ValidationInfo) -> float:
+        most = info.data.get("max_defects")
+        if most is not None and not 1.0 <= v <= most:
+            raise ValueError(f"must be in [1, max_defects={most}]")
+        return v
 
     @property
     def n_views(self) -> int:
         return len(self.view_angles_deg)
+
+
+def load_rig_config(path: str | os.PathLike) -> RigConfig:
+    """Read a rig file (YAML, the ``RigConfig`` fields; ``classes`` as names), e.g.::
+
+        seed: 3
+        classes: [bubble, stone, black spot]
+        shapes: [jar, vial]
+        defect_free_share: 0.2
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or does not match; every problem as
+            ``<file>:<line>: <key>: <message>``.
+    """
+    return load_yaml_model(RigConfig, path, what="rig file", schema_doc="docs/rig.md")
 
 
 @dataclass(frozen=True)

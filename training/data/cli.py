@@ -1,6 +1,7 @@
 """``rtvp-data``: generate synthetic glass-container data sets, look at them, check real ones.
 
     rtvp-data generate --out data/glass --containers 200 --protocol both --seed 0
+    rtvp-data generate --out data/jars --rig rig.yaml          (a rig file: RigConfig fields, docs/rig.md)
     rtvp-data show --data data/glass --out data/glass/preview
     rtvp-data check --data path/to/mmioc_root
 
@@ -25,7 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--containers", type=int, default=200, help="containers to render (6 images each)")
     g.add_argument("--protocol", choices=("closed", "open", "both"), default="both")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--rig",
+        type=Path,
+        default=None,
+        help="rig file (YAML: seed, classes, shapes, tints, ... see docs/rig.md); the flags below override it",
+    )
+    g.add_argument("--seed", type=int, default=None, help="data set seed (default: the rig file's, else 0)")
     g.add_argument("--format", dest="image_format", choices=("jpg", "png"), default="jpg")
     g.add_argument("--jpeg-quality", type=int, default=95)
     g.add_argument(
@@ -58,15 +65,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "generate":
-            from rtvp_edge.rig import RigConfig
+            from rtvp_edge.rig import RigConfig, load_rig_config
+            from rtvp_edge.yaml_config import validate_mapping
             from training.data.generate import generate_dataset
 
-            overrides = {}
-            if args.defect_free_share is not None:
-                overrides["defect_free_share"] = args.defect_free_share
-            if args.defect_size_scale is not None:
-                overrides["defect_size_scale"] = args.defect_size_scale
-            config = RigConfig(seed=args.seed, **overrides)
+            base = load_rig_config(args.rig) if args.rig is not None else RigConfig()
+            flags = {
+                "seed": args.seed,
+                "defect_free_share": args.defect_free_share,
+                "defect_size_scale": args.defect_size_scale,
+            }
+            given = {k: v for k, v in flags.items() if v is not None}
+            config = validate_mapping(RigConfig, {**dict(base), **given}, "command line")
             roots = generate_dataset(
                 args.out,
                 containers=args.containers,

@@ -26,7 +26,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +302,4 @@ def generate_dataset(
 
 
 def _config_dict(config: RigConfig) -> dict[str, Any]:
-    d = asdict(config)
-    d["classes"] = [c["name"] for c in d["classes"]]
-    return d
+    return config.model_dump(mode="json")  # classes by name: a rig file of the same rig

@@ -7,12 +7,13 @@ XII) can be rerun with the same code. Size fields left at ``None`` take the vari
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ConfigDict, field_validator, model_validator
 from torch import nn
+
+from rtvp_edge.strict import StrictModel
 
 from .domain_projection import DomainProjection
 from .expert import C2FExpert
@@ -26,14 +27,19 @@ from .visual_prompt import RefinedVisualPrompt
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelConfig:
-    """RTVPNet configuration. Unknown keys / wrong types / bad values raise ValueError naming the field.
+class ModelConfig(StrictModel):
+    """RTVPNet configuration (the architecture; the line file's ``model:`` is ``rtvp_edge.config.BundleConfig``).
+
+    Validated strictly by pydantic, also when built in Python: unknown keys, wrong types (``edp="yes"``) and
+    bad values raise ``pydantic.ValidationError`` (a ValueError) naming the field; in a training YAML file
+    the error names the file, the line and ``model.<field>``.
 
     Switches (TPAMI ablations): ``edp`` (expert-assisted domain projection: SAM branch on), ``projection``
     (masked reconstruction + alignment loss inside EDP), ``pretrain`` (train the expert alone first, read
     by the training loop), ``update`` (dynamic expert updating in the joint stage), ``rvp``, ``tv``, ``vt``.
     """
+
+    model_config = ConfigDict(strict=True)
 
     variant: str = "rtvpnet_tiny"
     # Component switches.
@@ -86,67 +92,99 @@ class ModelConfig:
     # Weights of the frozen MobileSAM encoder (mobile_sam.pt) when encoder is mobile_sam_t.
     sam_checkpoint: str | None = None
 
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            if v is None and "None" in t:
-                continue
-            if t.startswith("bool") and not isinstance(v, bool):
-                raise ValueError(f"model.{f.name}: expected true/false, got {v!r}")
-            if f.name == "img_size":
-                continue  # int or [h, w]: checked below
-            if t.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
-                raise ValueError(f"model.{f.name}: expected an integer, got {v!r}")
-            if t.startswith("float"):
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValueError(f"model.{f.name}: expected a number, got {v!r}")
-                setattr(self, f.name, float(v))
-            if t.startswith("str") and not isinstance(v, str):
-                raise ValueError(f"model.{f.name}: expected a string, got {v!r}")
-        if self.variant not in MODEL_REGISTRY:
-            raise ValueError(f"model.variant: unknown {self.variant!r}, choose from {sorted(MODEL_REGISTRY)}")
-        v = self.sam_img_size
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, v: str) -> str:
+        if v not in MODEL_REGISTRY:
+            raise ValueError(f"unknown variant {v!r}, choose from {sorted(MODEL_REGISTRY)}")
+        return v
+
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if v is None:
+            return None
+        hw = cls.input_hw_of(v)
+        if any(s < 64 or s % 32 for s in hw):
+            shown = f", got {v}" if isinstance(v, list) else ""  # a scalar is shown by the error format
+            raise ValueError(f"each side must be a multiple of 32 and >= 64{shown}")
+        return hw[0] if hw[0] == hw[1] else list(hw)
+
+    @field_validator("sam_img_size")
+    @classmethod
+    def _sam_img_size(cls, v: int | None) -> int | None:
         if v is not None and (v < 64 or v % 32):
-            raise ValueError(f"model.sam_img_size: must be a multiple of 32 and >= 64, got {v}")
-        if self.img_size is not None:
-            hw = self.input_hw_of(self.img_size)
-            if any(s < 64 or s % 32 for s in hw):
-                raise ValueError(
-                    f"model.img_size: each side must be a multiple of 32 and >= 64, got {self.img_size}"
-                )
-            self.img_size = hw[0] if hw[0] == hw[1] else list(hw)
-        known = self.encoder in ENCODERS or (self.encoder.startswith("timm:") and len(self.encoder) > 5)
-        if not known:
-            raise ValueError(f"model.encoder: unknown {self.encoder!r}; choose from {', '.join(ENCODERS)}")
-        if self.encoder_scale not in (0.25, 0.5, 1.0):
-            raise ValueError(f"model.encoder_scale: one of 0.25, 0.5, 1.0, got {self.encoder_scale}")
-        if not self.encoder_weights:
-            raise ValueError("model.encoder_weights: pretrained, random or a weights file path")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"model.mask_ratio: must be in [0, 1), got {self.mask_ratio}")
-        if self.patch < 8 or self.patch & (self.patch - 1):
-            raise ValueError(f"model.patch: must be a power of two >= 8, got {self.patch}")
-        for name in ("width", "depth"):
-            v = getattr(self, name)
-            if v is not None and not 0 < v <= 2:
-                raise ValueError(f"model.{name}: must be in (0, 2], got {v}")
-        positive = ("text_dim", "reg_max", "assign_topk", "energy_lambda", "max_channels")
-        for name in positive:
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"model.{name}: must be > 0, got {v}")
-        if not 0.0 <= self.expert_lr_scale <= 10.0:
-            raise ValueError(f"model.expert_lr_scale: must be in [0, 10], got {self.expert_lr_scale}")
+            raise ValueError("must be a multiple of 32 and >= 64")
+        return v
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        if not (v in ENCODERS or (v.startswith("timm:") and len(v) > 5)):
+            raise ValueError(f"unknown encoder {v!r}; choose from {', '.join(ENCODERS)}")
+        return v
+
+    @field_validator("encoder_scale")
+    @classmethod
+    def _encoder_scale(cls, v: float) -> float:
+        if v not in (0.25, 0.5, 1.0):
+            raise ValueError("one of 0.25, 0.5, 1.0")
+        return v
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _encoder_weights(cls, v: str) -> str:
+        if not v:
+            raise ValueError("pretrained, random or a weights file path")
+        return v
+
+    @field_validator("mask_ratio")
+    @classmethod
+    def _mask_ratio(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("patch")
+    @classmethod
+    def _patch(cls, v: int) -> int:
+        if v < 8 or v & (v - 1):
+            raise ValueError("must be a power of two >= 8")
+        return v
+
+    @field_validator("width", "depth")
+    @classmethod
+    def _multiplier(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 2:
+            raise ValueError("must be in (0, 2]")
+        return v
+
+    @field_validator("text_dim", "reg_max", "assign_topk", "energy_lambda", "max_channels")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("expert_lr_scale")
+    @classmethod
+    def _expert_lr_scale(cls, v: float) -> float:
+        if not 0.0 <= v <= 10.0:
+            raise ValueError("must be in [0, 10]")
+        return v
+
+    @model_validator(mode="after")
+    def _switches(self) -> ModelConfig:
         if self.projection and not self.edp:
             # Projection is a part of EDP; without the SAM branch there is nothing to project.
             log.info("model.projection ignored because model.edp is false")
+        return self
 
     @staticmethod
     def input_hw_of(size: Any) -> tuple[int, int]:
-        """(height, width) of an ``img_size`` value (int or [h, w]); ValueError naming the field."""
+        """(height, width) of an ``img_size`` value (int or [h, w]); ValueError otherwise."""
         if isinstance(size, bool):
-            raise ValueError(f"model.img_size: expected an integer or [height, width], got {size!r}")
+            raise ValueError(f"expected an integer or [height, width], got {size!r}")
         if isinstance(size, int):
             return (size, size)
         if (
@@ -155,31 +193,17 @@ class ModelConfig:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
         ):
             return (int(size[0]), int(size[1]))
-        raise ValueError(f"model.img_size: expected an integer or [height, width], got {size!r}")
+        raise ValueError(f"expected an integer or [height, width], got {size!r}")
 
     def input_hw(self) -> tuple[int, int]:
         """(height, width) of the resolved model input."""
         return self.input_hw_of(self.resolved().img_size)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a plain dict (YAML / checkpoint); unknown keys are errors that name them."""
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def resolved(self) -> ModelConfig:
         """Copy with the variant's literal sizes filled in where this config leaves ``None``."""
         defaults = VARIANT_SIZES[self.variant]
         updates = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        return dataclasses.replace(self, **updates)
+        return self.model_copy(update=updates)
 
 
 def _assemble(cfg: ModelConfig, load_weights: bool = True) -> RTVPNet:

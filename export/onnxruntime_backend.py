@@ -1,7 +1,8 @@
-"""INT8 ONNX by ONNX Runtime static quantization, explicit Q/DQ format.
+"""Target ``onnx`` (ONNX Runtime): the FP32 ONNX itself, or INT8 by ONNX Runtime static quantization in
+explicit Q/DQ format.
 
-Two users: ``--target onnx --int8`` (ONNX Runtime CPU), and TensorRT >= 11, which dropped implicit INT8
-calibration and builds INT8 engines only from explicit Q/DQ graphs.
+``quantize_qdq`` has two users: ``--target onnx --int8`` (ONNX Runtime CPU), and TensorRT >= 11, which dropped
+implicit INT8 calibration and builds INT8 engines only from explicit Q/DQ graphs.
 
 Settings, chosen from measurements on this CPU: unsigned 8-bit activations (asymmetric, so post-SiLU ranges
 are not wasted) with per-channel signed 8-bit weights; the graph tail and the default float blocks stay
@@ -22,6 +23,45 @@ from export.calibration import CalibrationSet
 from export.errors import ExportError
 from export.int8_policy import DEFAULT_FLOAT_BLOCKS, keep_float_policy
 from export.onnx_export import EMBEDDINGS, IMAGES
+from export.targets import BuildContext, Built, Target
+from rtvp_edge.bundle import Artifact
+
+INT8_ONNX = "model_int8.onnx"
+
+
+class OnnxRuntimeTarget(Target):
+    """``model.onnx`` as exported and parity-checked (FP32), or its Q/DQ INT8 version (``model_int8.onnx``)."""
+
+    name = "onnx"
+    backend = "onnxruntime"
+
+    def no_half_reason(self) -> str:
+        return (
+            "ONNX Runtime's CPU provider has no fast FP16; use --target openvino --half or --target tensorrt "
+            "--half"
+        )
+
+    def build(self, ctx: BuildContext) -> Built:
+        if ctx.int8 is None:
+            return Built([ctx.onnx], golden=[ctx.onnx])
+        q = ctx.int8
+        _, info, kept = quantize_qdq(
+            ctx.onnx_path,
+            ctx.root / INT8_ONNX,
+            ctx.calibration,
+            ctx.model,
+            ctx.embeddings,
+            list(q.keep_float),
+            q.float_blocks,
+        )
+        art = Artifact(
+            backend="onnxruntime",
+            path=INT8_ONNX,
+            precision="int8",
+            kept_float=kept,
+            notes="QDQ: u8 activations, per-channel s8 weights",
+        )
+        return Built([art], golden=[art], measured=art, calibration=info)
 
 
 class _Reader:
