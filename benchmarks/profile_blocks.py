@@ -12,12 +12,23 @@ read by OpenVINO, reshaped to batch 1 and compiled for the CPU with ``PERF_COUNT
 inferences after a warm-up, and set against the block's FLOPs (``training.model.complexity.count_flops``,
 2xMAC). ``--save-outputs`` stores the PyTorch outputs on a fixed input; ``--compare`` prints the max abs
 difference against a stored file (same weights: a model change must not change the outputs).
+
+``--ir FP32.xml INT8.xml`` profiles two IRs of one model instead (e.g. a bundle's ``openvino/model_fp32.xml``
+and ``openvino/model.xml``, as ``rtvp-export`` or ``bench_peers.py`` write them) and compares them per block:
+time in each, the INT8/FP32 ratio, and the INT8 graph's time by the precision its nodes ran in (the
+``exec_type`` suffix: ``jit_avx2_I8`` vs ``jit_avx2_FP32``), by node type, and in the Reorder / Convert /
+FakeQuantize nodes the plugin adds between precisions. ``--by-node --top N`` lists the N slowest nodes of the
+INT8 graph with their type, exec_type and the FP32 graph's time for the node of the same name::
+
+    python benchmarks/profile_blocks.py --ir runs/b/openvino/model_fp32.xml runs/b/openvino/model.xml \\
+        --img-size 640 --reps 3 --by-node --top 30
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import re
 import sys
 import tempfile
 import warnings
@@ -63,7 +74,7 @@ def build(overrides: dict, hw: tuple[int, int], classes: int = 8):
     return model, text
 
 
-def profile(xml_or_onnx: Path, hw: tuple[int, int], reps: int, threads: int):
+def profile(xml_or_onnx: Path, hw: tuple[int, int], reps: int, threads: int, nodes: list | None = None):
     import openvino as ov
 
     core = ov.Core()
@@ -85,7 +96,94 @@ def profile(xml_or_onnx: Path, hw: tuple[int, int], reps: int, threads: int):
             t = p.real_time.total_seconds() * 1e3 / reps
             per_block[block_of(p.node_name)] += t
             per_node[(block_of(p.node_name), p.node_type, p.node_name)] += t
+            if nodes is not None:
+                nodes.append((p.node_name, p.node_type, p.exec_type, t))
     return per_block, per_node
+
+
+def precision_of(exec_type: str) -> str:
+    """The precision a node ran in, from its ``exec_type`` (``jit_avx2_I8`` -> ``I8``, ``ref_any_f32`` -> ``FP32``,
+    ``undef`` -> ``-``)."""
+    m = re.search(r"_(I8|U8|FP32|f32|FP16|f16|BF16|bf16|I32|i32)$", exec_type)
+    return m.group(1).upper().replace("F32", "FP32").replace("FFP32", "FP32") if m else "-"
+
+
+ADDED = ("Reorder", "Convert", "FakeQuantize", "Subgraph")
+
+
+def compare_irs(fp32: Path, int8: Path, hw, reps: int, threads: int, top: int, by_node: bool) -> None:
+    """Profile an FP32 and an INT8 IR of one model and print the per-block comparison (see the module doc)."""
+    for path in (fp32, int8):
+        if not path.is_file():
+            raise SystemExit(f"profile_blocks: --ir: no such IR file: {path}")
+    runs = {}
+    for tag, path in (("FP32", fp32), ("INT8", int8)):
+        nodes: list = []
+        per_block, _ = profile(path, hw, reps, threads, nodes)
+        agg: dict[str, list] = {}
+        for name, ntype, etype, t in nodes:
+            e = agg.setdefault(name, [ntype, etype, 0.0])
+            e[2] += t
+        runs[tag] = (per_block, agg)
+    (fb, fn), (ib, inodes) = runs["FP32"], runs["INT8"]
+    print(f"{cpu_name()}; flags: {cpu_flags()}; {threads} threads; batch 1, {hw[0]}x{hw[1]}; {reps} reps")
+    print(f"FP32 IR {fp32}\nINT8 IR {int8}\n")
+    # Per block: times, ratio, and the INT8 graph's time split by precision and by added conversions.
+    prec: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
+    added: dict[str, dict[str, list]] = collections.defaultdict(
+        lambda: collections.defaultdict(lambda: [0, 0.0])
+    )
+    for name, (ntype, etype, t) in inodes.items():
+        b = block_of(name)
+        prec[b][precision_of(etype)] += t
+        if ntype in ADDED:
+            added[b][ntype][0] += 1
+            added[b][ntype][1] += t
+    print("| block | FP32 ms | INT8 ms | INT8/FP32 | INT8 ms in I8/U8 nodes | in FP32 nodes | Reorder n / ms | "
+          "Convert n / ms | FakeQuantize n / ms |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b in (*BLOCKS, "other", "total"):
+        if b == "total":
+            f, i = sum(fb.values()), sum(ib.values())
+            pr = collections.defaultdict(float)
+            ad = collections.defaultdict(lambda: [0, 0.0])
+            for d in prec.values():
+                for k, v in d.items():
+                    pr[k] += v
+            for d in added.values():
+                for k, (n, t) in d.items():
+                    ad[k][0] += n
+                    ad[k][1] += t
+        else:
+            if b not in fb and b not in ib:
+                continue
+            f, i, pr, ad = fb.get(b, 0.0), ib.get(b, 0.0), prec[b], added[b]
+        ratio = f"{i / f:.2f}" if f else "-"
+        cells = [f"{ad[k][0]} / {ad[k][1]:.1f}" for k in ("Reorder", "Convert", "FakeQuantize")]
+        print(f"| {b} | {f:.1f} | {i:.1f} | {ratio} | {pr['I8'] + pr['U8']:.1f} | {pr['FP32']:.1f} | "
+              + " | ".join(cells) + " |")  # fmt: skip
+    by_type: dict[tuple[str, str, str], list] = collections.defaultdict(lambda: [0, 0.0])
+    for name, (ntype, etype, t) in inodes.items():
+        e = by_type[(block_of(name), ntype, etype)]
+        e[0] += 1
+        e[1] += t
+    print("\nINT8 graph: slowest (block, node type, exec_type):")
+    print("| block | node type | exec_type | nodes | ms |\n|---|---|---|---:|---:|")
+    for (b, ntype, etype), (n, t) in sorted(by_type.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"| {b} | {ntype} | {etype} | {n} | {t:.1f} |")
+    fp32_convs = [(n, e) for n, e in inodes.items() if e[0] in ("Convolution", "GroupConvolution", "MatMul")
+                  and precision_of(e[1]) == "FP32"]  # fmt: skip
+    print(f"\nINT8 graph: {len(fp32_convs)} Convolution/MatMul nodes ran in FP32, "
+          f"{sum(e[2] for _, e in fp32_convs):.1f} ms; by block: "
+          + ", ".join(f"{b} {sum(1 for n, _ in fp32_convs if block_of(n) == b)}"
+                      for b in sorted({block_of(n) for n, _ in fp32_convs})))  # fmt: skip
+    if by_node:
+        print(f"\nINT8 graph: slowest {top} nodes (FP32 ms: the FP32 graph's node of the same name):")
+        print("| ms | FP32 ms | block | type | exec_type | node |\n|---:|---:|---|---|---|---|")
+        for name, (ntype, etype, t) in sorted(inodes.items(), key=lambda kv: -kv[1][2])[:top]:
+            f = fn.get(name)
+            print(f"| {t:.1f} | {f[2]:.1f} |" if f else f"| {t:.1f} | - |",
+                  f"{block_of(name)} | {ntype} | {etype} | `{name}` |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-outputs", type=Path)
     ap.add_argument("--compare", type=Path, help="outputs saved by --save-outputs from the same weights")
     ap.add_argument("--onnx", type=Path, help="keep the exported ONNX here")
+    ap.add_argument("--ir", nargs=2, type=Path, metavar=("FP32_XML", "INT8_XML"),
+                    help="profile and compare these two IRs of one model instead of building one")  # fmt: skip
+    ap.add_argument("--by-node", action="store_true", help="with --ir: list the INT8 graph's slowest nodes")
     args = ap.parse_args(argv)
     import yaml
 
@@ -109,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides[k] = yaml.safe_load(v)
     sizes = [int(v) for v in args.img_size.lower().split("x")]
     hw = (sizes[0], sizes[-1])
+    if args.ir:
+        compare_irs(*args.ir, hw, args.reps, args.threads, args.top, args.by_node)
+        return 0
     torch.set_num_threads(args.threads)
     model, text = build(overrides, hw)
     x = torch.from_numpy(np.random.default_rng(0).random((2, 3, *hw), dtype=np.float32))

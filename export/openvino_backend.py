@@ -259,7 +259,16 @@ def quantize_int8(
     import openvino as ov
 
     nncf.set_log_level(logging.WARNING)  # NNCF logs every ignored node at INFO
-    model = ov.Core().read_model(str(ir_or_onnx))
+    source = Path(ir_or_onnx)
+    # An ONNX file goes through convert_model, as the FP32 IR does (``convert_ir``): read_model skips its
+    # graph transformations (x*sigmoid(x) -> Swish, folding of shape sub-graphs), so NNCF would quantize the
+    # Sigmoid and the Multiply of every SiLU apart and the CPU plugin could not fuse the activation into the
+    # INT8 convolution (benchmarks/results/peers.md, the INT8 profile).
+    model = (
+        ov.convert_model(str(source))
+        if source.suffix.lower() == ".onnx"
+        else ov.Core().read_model(str(source))
+    )
     samples = [calibration.sample(i)[0] for i in range(len(calibration))]  # each (3, H, W)
     dataset = nncf.Dataset(samples, _transform(embeddings))
     ignored = nncf.IgnoredScope(patterns=keep.patterns(), validate=False)

@@ -154,6 +154,20 @@ def test_openvino_int8_bundle_passes_its_golden_self_test(int8_bundle):
     assert run_golden_selftest(out, m, backend) == len(golden)
 
 
+def test_int8_ir_keeps_each_silu_one_swish_op(int8_bundle):
+    """NNCF quantizes the graph as convert_model leaves it (as for the FP32 IR): each SiLU is one Swish op
+    that the CPU plugin fuses into the INT8 convolution before it, not a Sigmoid and a Multiply with their
+    own quantizers (read_model of the ONNX file), which ran as separate f32 nodes."""
+    import openvino as ov
+
+    out, m = int8_bundle
+    silus = sum(isinstance(mod, torch.nn.SiLU) for mod in _source().model.modules())
+    ops = [op.get_type_name() for op in ov.Core().read_model(out / m.artifact("openvino").path).get_ops()]
+    assert silus > 0
+    assert ops.count("Swish") == silus, f"{ops.count('Swish')} Swish ops for {silus} SiLUs"
+    assert ops.count("Sigmoid") == 1  # the score's, in the float graph tail
+
+
 def test_golden_check_catches_a_different_model(int8_bundle, tmp_path):
     out, _ = int8_bundle
     m = load_manifest(out)

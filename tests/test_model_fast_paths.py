@@ -86,6 +86,31 @@ def test_contrastive_head_from_features_matches_normalised_embeddings():
 
 
 @pytest.mark.parametrize("bias", [True, False])
+def test_contrastive_head_norm_from_the_gram_matrix_in_eval_mode(bias):
+    torch.manual_seed(0)
+    head = ContrastiveHead().eval()
+    embed = torch.nn.Conv2d(16, 40, 1, bias=bias)
+    feats = torch.randn(3, 16, 6, 5)
+    text = torch.randn(3, 7, 40)
+    with torch.no_grad():
+        ref = head(embed(feats), text)
+        seen = []
+        embed.register_forward_pre_hook(lambda _m, _i: seen.append(1))
+        hooked = head.from_features(feats, embed, text)  # a hook: the embedding conv runs
+        embed._forward_pre_hooks.clear()
+        got = head.from_features(feats, embed, text)
+    assert seen == [1]
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(hooked, ref, atol=1e-5, rtol=1e-5)
+    # the eval path does not call the embedding conv at all
+    calls = []
+    embed.forward = lambda x: calls.append(x) or torch.zeros(())
+    with torch.no_grad():
+        head.from_features(feats, embed, text)
+    assert calls == []
+
+
+@pytest.mark.parametrize("bias", [True, False])
 def test_deconv_as_conv_and_pixel_shuffle_matches_conv_transpose(bias):
     torch.manual_seed(0)
     deconv = torch.nn.ConvTranspose2d(12, 20, 2, 2, bias=bias)

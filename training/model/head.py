@@ -67,13 +67,29 @@ class ContrastiveHead(nn.Module):
         The cosine's numerator ``<W f + b, t>`` is ``<f, W^T t> + <b, t>``: the text is projected into the
         K-d feature space (a (B,C,K) matmul) and the D-d region embedding is only reduced to its norm, never
         divided nor laid out for a matmul (on OpenVINO's CPU plugin those two passes over the (B,D,H,W)
-        tensor cost more than the embedding conv itself). ``embed`` still runs, so its forward hooks see the
-        region embeddings (``export.wrapper.InputVocabulary``).
+        tensor cost more than the embedding conv itself).
+
+        In eval mode the norm is taken on the K-d features too: ``|W f + b|^2 = f^T (W^T W) f + 2 (W^T b)^T f
+        + |b|^2``, one K->K 1x1 conv instead of the K->D embedding conv (K=128, D=512 in RTVPNet-S: 4x fewer
+        FLOPs on the largest level; the embedding conv was the slowest single node of the INT8 graph, where
+        the head's output path stays float, benchmarks/results/peers.md). In training mode, or when forward
+        hooks are registered on ``embed`` (``export.wrapper.InputVocabulary`` reads the region embeddings),
+        ``embed`` runs and its output's norm is taken.
         """
-        region = embed(feats)  # (B, D, H, W)
-        norm = region.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 1, H, W), as F.normalize
         text = F.normalize(text, dim=-1)
         w = embed.weight.flatten(1)  # (D, K)
+        if self.training or embed._forward_hooks or embed._forward_pre_hooks:
+            region = embed(feats)  # (B, D, H, W)
+            norm = region.norm(dim=1, keepdim=True)
+        else:
+            wt = w.t()  # (K, D)
+            gram = (wt @ w).unsqueeze(-1).unsqueeze(-1)  # (K, K, 1, 1)
+            lin = None if embed.bias is None else 2 * (wt @ embed.bias)  # (K,)
+            sq = (F.conv2d(feats, gram, lin) * feats).sum(1, keepdim=True)  # (B, 1, H, W)
+            if embed.bias is not None:
+                sq = sq + embed.bias.square().sum()
+            norm = sq.clamp_min(0).sqrt()
+        norm = norm.clamp_min(1e-12)  # (B, 1, H, W), as F.normalize
         num = torch.einsum("bkhw,bck->bchw", feats, text @ w)
         if embed.bias is not None:
             num = num + (text @ embed.bias).unsqueeze(-1).unsqueeze(-1)  # (B, C, 1, 1)
