@@ -14,55 +14,60 @@ Vocabulary YAML: a list of ``{name, prompt}`` mappings, or a mapping with a ``cl
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import yaml
+from pydantic import field_validator
 
 from export.errors import ExportError
 from rtvp_edge.bundle import VocabularyClass
+from rtvp_edge.strict import StrictModel
+from rtvp_edge.yaml_config import ConfigError, read_yaml, validate_tree
 
-_ENTRY_KEYS = {"name", "prompt", "seen"}
+
+class _Entry(StrictModel):
+    name: str
+    prompt: str
+    seen: bool | None = None  # open protocol: whether training saw the class (read, not used by export)
+
+    @field_validator("name", "prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a non-empty string")
+        return value.strip()
+
+
+class _VocabularyFile(StrictModel):
+    classes: list[_Entry]
+
+    @field_validator("classes")
+    @classmethod
+    def _non_empty_and_unique(cls, value: list[_Entry]) -> list[_Entry]:
+        if not value:
+            raise ValueError("expected a non-empty list of {name, prompt} entries")
+        names = [e.name for e in value]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise ValueError(f"duplicate class name {dup!r}")
+        return value
 
 
 def load_vocabulary(path: str | os.PathLike) -> list[VocabularyClass]:
-    """Read and check a vocabulary YAML file.
+    """Read and check a vocabulary YAML file (the shared reader, ``rtvp_edge.yaml_config``).
 
-    Raises ``ExportError`` naming the file and entry for: missing file, bad YAML, unknown keys, a missing or
-    empty name/prompt, duplicate names, an empty list.
+    Raises ``ExportError`` as ``<file>:<line>: <key>: <problem>`` for: a missing file, bad YAML, unknown keys,
+    a missing or empty name/prompt, duplicate names, an empty list.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"vocabulary file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ExportError(f"vocabulary file {path}: not valid YAML ({e})") from None
-    if isinstance(raw, dict):
-        unknown = set(raw) - {"classes"}
-        if unknown:
-            raise ExportError(f"vocabulary file {path}: unknown key(s) {sorted(unknown)}; expected 'classes'")
-        raw = raw.get("classes")
-    if not isinstance(raw, list) or not raw:
-        raise ExportError(f"vocabulary file {path}: expected a non-empty list of {{name, prompt}} entries")
-    classes: list[VocabularyClass] = []
-    seen_names: set[str] = set()
-    for i, entry in enumerate(raw):
-        where = f"vocabulary file {path}: entry {i}"
-        if not isinstance(entry, dict):
-            raise ExportError(f"{where}: expected a mapping with name and prompt, got {entry!r}")
-        unknown = set(entry) - _ENTRY_KEYS
-        if unknown:
-            raise ExportError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: name, prompt, seen")
-        for key in ("name", "prompt"):
-            value = entry.get(key)
-            if not isinstance(value, str) or not value.strip():
-                raise ExportError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
-        if entry["name"] in seen_names:
-            raise ExportError(f"{where}: duplicate class name {entry['name']!r}")
-        seen_names.add(entry["name"])
-        classes.append(VocabularyClass(name=entry["name"].strip(), prompt=entry["prompt"].strip()))
-    return classes
+        data, root = read_yaml(path, "vocabulary file")
+        if isinstance(data, list):  # the bare-list form: read it as the value of ``classes``
+            key = yaml.ScalarNode("tag:yaml.org,2002:str", "classes", root.start_mark, root.end_mark)
+            data, root = {"classes": data}, yaml.MappingNode("tag:yaml.org,2002:map", [(key, root)])
+        vocabulary = validate_tree(_VocabularyFile, data, root, str(path))
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    return [VocabularyClass(name=e.name, prompt=e.prompt) for e in vocabulary.classes]
 
 
 def encode_vocabulary(

@@ -50,6 +50,8 @@ import yaml
 from rtvp_edge.bundle import BundleError, BundleManifest, VocabularyClass, load_manifest, read_verified
 from rtvp_edge.bundle_vocabulary import RewriteResult, require_input_mode, rewrite_vocabulary
 from rtvp_edge.preprocess import boxes_to_input, preprocess
+from rtvp_edge.strict import StrictModel
+from rtvp_edge.yaml_config import ConfigError, parse_yaml, validate_tree
 
 MAX_EXAMPLES = 10
 ANCHOR_IOU = 0.3  # anchors whose predicted box overlaps an example box at least this much form its prototype
@@ -77,6 +79,33 @@ class Enrolment:
     examples: int
     threshold: float
     exemplar_scores: list[float]
+
+
+class _ExampleItem(StrictModel):
+    image: str
+    box: tuple[float, float, float, float]
+
+
+class _ExamplesFile(StrictModel):
+    model: str | None = None  # the model the boxes were taken for (checked against the bundle's)
+    examples: list[_ExampleItem]
+
+
+def _read_examples_yaml(text: str, path: Path) -> dict:
+    """A YAML examples file (a list of {image, box}, or {model, examples: [...]}) checked by the shared reader
+    (``rtvp_edge.yaml_config``): every problem as ``<file>:<line>: <key>: <problem>``."""
+    try:
+        data, root = parse_yaml(text, str(path))
+        if isinstance(data, list):  # the bare-list form: read it as the value of ``examples``
+            key = yaml.ScalarNode("tag:yaml.org,2002:str", "examples", root.start_mark, root.end_mark)
+            data, root = {"examples": data}, yaml.MappingNode("tag:yaml.org,2002:map", [(key, root)])
+        checked = validate_tree(_ExamplesFile, data, root, str(path))
+    except ConfigError as e:
+        raise EnrollError(str(e)) from None
+    return {
+        "model": checked.model,
+        "examples": [{"image": e.image, "box": list(e.box)} for e in checked.examples],
+    }
 
 
 def _box(value, where: str) -> tuple[float, float, float, float]:
@@ -154,6 +183,8 @@ def load_examples(
                 Example(base / images[ann["image_id"]], _box([x, y, x + w, y + h], where + ".bbox"), where)
             )
     else:
+        if path.suffix.lower() != ".json":  # written by a person: the shared reader, file:line: key errors
+            raw = _read_examples_yaml(text, path)
         items = raw
         if isinstance(raw, dict):
             model = raw.get("model")

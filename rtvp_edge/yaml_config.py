@@ -3,8 +3,9 @@
     <file>:<line>: <key>: <what is wrong>
 
 e.g. ``line_config/glass.yaml:14: cameras.2.overflow: Input should be 'drop_oldest', 'drop_newest' or 'block'``.
-Used for the line file (``rtvp_edge.config``), the rig file (``rtvp_edge.rig``) and the training config
-(``training.config``; training imports this module, never the reverse).
+Used for the line file (``rtvp_edge.config``), the rig file (``rtvp_edge.rig``), the enrolment examples
+(``rtvp_edge.enrolment``), the training config (``training.config``) and the export vocabulary file
+(``export.embeddings``); training and export import this module, never the reverse.
 
 The reading is strict: duplicate keys are errors (PyYAML would keep the last one silently), ``1e-3`` is the
 number it looks like (YAML 1.1 reads it as a string), and values are validated as JSON would be: a YAML

@@ -259,7 +259,11 @@ def _write(tmp_path, name: str, content) -> Path:
         ("existing name", "already in the vocabulary"),
         ("unreadable image", "cannot be read"),
         ("other model", "the examples are for model 'rtvpnet_s'"),
-        ("bad yaml key", "needs exactly the keys 'image' and 'box'"),
+        (
+            "bad yaml key",
+            "ex.yaml:2: examples.0.bbox: unknown key (check the spelling; valid keys here: box, image)",
+        ),
+        ("short yaml box", "ex.yaml:2: examples.0.box.3: item missing"),
     ],
 )
 def test_enroll_bad_input_is_refused_and_changes_nothing(
@@ -285,6 +289,8 @@ def test_enroll_bad_input_is_refused_and_changes_nothing(
         examples = _write(tmp_path, "ex.json", [{**good, "image": "broken.png"}])
     elif case == "other model":
         examples = _coco_examples(glass_data, tmp_path, n=1, model="rtvpnet_s")
+    elif case == "short yaml box":
+        examples = _write(tmp_path, "ex.yaml", f"- image: {good['image']}\n  box: [1, 2, 3]\n")
     else:
         examples = _write(tmp_path, "ex.yaml", f"- image: {good['image']}\n  bbox: [1, 2, 3, 4]\n")
     before = _snapshot(bundle_copy)

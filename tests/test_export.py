@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import cv2
 import numpy as np
@@ -311,19 +312,32 @@ def test_calibration_set_errors_and_warning(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[]", "non-empty list"),
-        ("- {name: oil}", "'prompt' must be a non-empty string"),
-        ("- {name: oil, prompt: a, colour: red}", "unknown key"),
-        ("- {name: oil, prompt: a}\n- {name: oil, prompt: b}", "duplicate class name 'oil'"),
-        ("classes: [{name: oil, prompt: a}]\nextra: 1", "unknown key"),
-        ("{: [", "not valid YAML"),
+        ("[]", "v.yaml:1: classes: expected a non-empty list"),
+        ("- {name: oil}", "v.yaml:1: classes.0.prompt: required key is missing"),
+        (
+            "- {name: oil, prompt: a}\n- {name: ' ', prompt: b}",
+            "v.yaml:2: classes.1.name: must be a non-empty",
+        ),
+        ("- {name: oil, prompt: a, colour: red}", "v.yaml:1: classes.0.colour: unknown key"),
+        (
+            "- {name: oil, prompt: a}\n- {name: oil, prompt: b}",
+            "v.yaml:1: classes: duplicate class name 'oil'",
+        ),
+        ("classes: [{name: oil, prompt: a}]\nextra: 1", "v.yaml:2: extra: unknown key"),
+        (
+            "classes:\n  - {name: oil, prompt: 3}",
+            "v.yaml:2: classes.0.prompt: Input should be a valid string",
+        ),
+        ("{: [", "v.yaml:1: not valid YAML"),
     ],
 )
 def test_vocabulary_file_errors(tmp_path, content, message):
     f = tmp_path / "v.yaml"
     f.write_text(content)
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(ExportError, match=re.escape(message)):
         load_vocabulary(f)
+    with pytest.raises(ExportError, match="nope.yaml: vocabulary file not found"):
+        load_vocabulary(tmp_path / "nope.yaml")
 
 
 def test_cli_bad_input_errors(tmp_path, capsys, monkeypatch):
