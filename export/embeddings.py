@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import yaml
 from pydantic import field_validator
 
 from export.errors import ExportError
 from rtvp_edge.bundle import VocabularyClass
 from rtvp_edge.strict import StrictModel
-from rtvp_edge.yaml_config import ConfigError, read_yaml, validate_tree
+from rtvp_edge.yaml_config import ConfigError, list_as_key, read_yaml, validate_tree
 
 
 class _Entry(StrictModel):
@@ -60,10 +59,7 @@ def load_vocabulary(path: str | os.PathLike) -> list[VocabularyClass]:
     a missing or empty name/prompt, duplicate names, an empty list.
     """
     try:
-        data, root = read_yaml(path, "vocabulary file")
-        if isinstance(data, list):  # the bare-list form: read it as the value of ``classes``
-            key = yaml.ScalarNode("tag:yaml.org,2002:str", "classes", root.start_mark, root.end_mark)
-            data, root = {"classes": data}, yaml.MappingNode("tag:yaml.org,2002:map", [(key, root)])
+        data, root = list_as_key(*read_yaml(path, "vocabulary file"), "classes")  # the bare-list form
         vocabulary = validate_tree(_VocabularyFile, data, root, str(path))
     except ConfigError as e:
         raise ExportError(str(e)) from None

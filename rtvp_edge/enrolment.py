@@ -51,7 +51,7 @@ from rtvp_edge.bundle import BundleError, BundleManifest, VocabularyClass, load_
 from rtvp_edge.bundle_vocabulary import RewriteResult, require_input_mode, rewrite_vocabulary
 from rtvp_edge.preprocess import boxes_to_input, preprocess
 from rtvp_edge.strict import StrictModel
-from rtvp_edge.yaml_config import ConfigError, parse_yaml, validate_tree
+from rtvp_edge.yaml_config import ConfigError, list_as_key, parse_yaml, validate_tree
 
 MAX_EXAMPLES = 10
 ANCHOR_IOU = 0.3  # anchors whose predicted box overlaps an example box at least this much form its prototype
@@ -95,10 +95,7 @@ def _read_examples_yaml(text: str, path: Path) -> dict:
     """A YAML examples file (a list of {image, box}, or {model, examples: [...]}) checked by the shared reader
     (``rtvp_edge.yaml_config``): every problem as ``<file>:<line>: <key>: <problem>``."""
     try:
-        data, root = parse_yaml(text, str(path))
-        if isinstance(data, list):  # the bare-list form: read it as the value of ``examples``
-            key = yaml.ScalarNode("tag:yaml.org,2002:str", "examples", root.start_mark, root.end_mark)
-            data, root = {"examples": data}, yaml.MappingNode("tag:yaml.org,2002:map", [(key, root)])
+        data, root = list_as_key(*parse_yaml(text, str(path)), "examples")  # the bare-list form
         checked = validate_tree(_ExamplesFile, data, root, str(path))
     except ConfigError as e:
         raise EnrollError(str(e)) from None

@@ -31,6 +31,7 @@ __all__ = [
     "error_lines",
     "error_location",
     "error_message",
+    "list_as_key",
     "load_yaml_model",
     "node_at",
     "parse_yaml",
@@ -107,6 +108,15 @@ def read_yaml(path: str | os.PathLike, what: str = "configuration file") -> tupl
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
     return parse_yaml(text, str(path))
+
+
+def list_as_key(data: Any, root: yaml.Node | None, key: str) -> tuple[Any, yaml.Node | None]:
+    """A file whose top level may be a bare list, read as the value of ``key`` (its nodes, so its line
+    numbers, kept); anything else is returned as it is."""
+    if not isinstance(data, list) or root is None:
+        return data, root
+    name = yaml.ScalarNode("tag:yaml.org,2002:str", key, root.start_mark, root.end_mark)
+    return {key: data}, yaml.MappingNode("tag:yaml.org,2002:map", [(name, root)])
 
 
 def yaml_value(text: str, source: str) -> Any:

@@ -100,3 +100,14 @@ def test_line_section_missing_ids_is_an_error_not_a_traceback(tmp_path):
     lines = str(e.value).splitlines()
     assert f"{p}:2: line.line: required key is missing" in lines
     assert f"{p}:2: line.station: required key is missing" in lines
+
+
+def test_a_bare_list_is_read_as_the_value_of_a_key_with_its_lines():
+    from rtvp_edge.yaml_config import list_as_key, node_at, parse_yaml
+
+    data, root = list_as_key(*parse_yaml("- 1\n- 2\n", "f.yaml"), "items")
+    assert data == {"items": [1, 2]}
+    node, reached = node_at(root, ("items", 1))
+    assert reached and node.start_mark.line == 1  # the second item, on the file's second line
+    mapping = parse_yaml("a: 1\n", "g.yaml")
+    assert list_as_key(*mapping, "items") == mapping  # not a list: unchanged
