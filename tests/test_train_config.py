@@ -48,6 +48,12 @@ def test_resolved_config_round_trips(tmp_path):
         ({"data": {"hsv": [0.1, 0.2]}}, 3, "data.hsv.2: item missing (the list is too short)"),
         ({"optim": 3}, 1, "optim: expected a mapping of keys"),
         ({"data": {"crop": [5, 5, 1, 1]}}, 2, "data.crop: expected [x1, y1, x2, y2]"),
+        ({"data": {"patch": [256, 100]}}, 2, "data.patch: expected [height, width], each a multiple of 32"),
+        (
+            {"data": {"patch_on_defect": 1.5}},
+            2,
+            "data.patch_on_defect: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_file_names_file_line_and_key(tmp_path, content, line, needle):

@@ -75,6 +75,34 @@ def test_training_raises_ap_far_above_untrained(shapes, tmp_path):
     assert prov["epoch"] == 8 and len(prov["dataset_hash"]) == 64 and prov["metrics"]["val/AP50"] == trained
 
 
+def test_training_on_windows_learns_and_evaluates_whole_inputs(shapes, tmp_path):
+    """``data.patch``: the loop trains on windows of the input and still evaluates (and checkpoints the
+    statistics of) the whole input; a window larger than the input is refused naming both keys."""
+    from training.config import ConfigError
+
+    run = train(
+        shapes,
+        tmp_path,
+        name="windows",
+        **{"schedule.epochs": 8, "eval.every": 8, "data.patch": "[64,96]", "data.patch_on_defect": 0.9},
+    )
+    model, info = build_from_checkpoint(
+        run / "last.pt", model_config_cls=DoubleConfig, build_model=build_double
+    )
+    emb = info["text_embeddings"]
+    torch.manual_seed(0)
+    untrained = ap50(build_double(DoubleConfig()), shapes, emb)
+    trained = ap50(model, shapes, emb)
+    assert trained > untrained + 0.2, (untrained, trained)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[-1]["val/AP50"] - trained) < 1e-6  # evaluated on whole 128x128 inputs
+    assert load_config(run / "config.yaml", model_config_cls=DoubleConfig).data.patch == [64, 96]
+    with pytest.raises(
+        ConfigError, match=r"data.patch: \[160, 64\] \(height, width\) is larger than the model input"
+    ):
+        train(shapes, tmp_path, name="too_big", **{"data.patch": "[160,64]"})
+
+
 def test_resume_equals_uninterrupted_run(shapes, tmp_path):
     """Stop after epoch 1 of 3, resume: weights, EMA, optimizer and logged losses equal the straight run."""
     straight = train(

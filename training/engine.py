@@ -315,10 +315,10 @@ class Trainer:
             The number of batch-norm layers recalibrated.
         """
         model = self.ema.module if self.ema is not None else unwrap(self.model)
-        sampler = GlobalBatchSampler(
-            len(self.train_set), self.cfg.data.batch_size, 0, 1, seed=self.cfg.seed + 1
-        )
-        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.workers,
+        # The whole inputs, not training windows: the evaluated model sees whole inputs.
+        dataset = self.train_set.whole_inputs() if hasattr(self.train_set, "whole_inputs") else self.train_set
+        sampler = GlobalBatchSampler(len(dataset), self.cfg.data.batch_size, 0, 1, seed=self.cfg.seed + 1)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.data.workers,
                             collate_fn=collate)  # fmt: skip
         emb = self.text_embeds
 

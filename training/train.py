@@ -242,7 +242,19 @@ def _run(cfg, info, device, build_model, load_split, build_text_encoder) -> Path
     if hasattr(model, "set_text_center") and "text_center" not in loaded:
         model.set_text_center(text_embeds)  # a resumed run restores its own centre with the weights
     spec = preprocess_spec_for(cfg.model, model, cfg.data.crop)
-    aug = AugmentSpec(flip=cfg.data.flip, hsv=tuple(cfg.data.hsv), scale_jitter=cfg.data.scale_jitter)
+    patch = tuple(cfg.data.patch) if cfg.data.patch else None
+    if patch is not None and (patch[0] > spec.input_size[0] or patch[1] > spec.input_size[1]):
+        raise ConfigError(
+            f"data.patch: {list(patch)} (height, width) is larger than the model input "
+            f"{list(spec.input_size)} (model.img_size)"
+        )
+    aug = AugmentSpec(
+        flip=cfg.data.flip,
+        hsv=tuple(cfg.data.hsv),
+        scale_jitter=cfg.data.scale_jitter,
+        patch=patch,
+        patch_on_defect=cfg.data.patch_on_defect,
+    )
     train_set = DetectionDataset(train_split, train_classes, spec, aug, seed=cfg.seed, indices=indices)
     val_set = DetectionDataset(val_split, eval_classes, spec) if val_split is not None else None
 
