@@ -255,16 +255,28 @@ def make_sprite(class_name: str, rng: np.random.Generator, size_scale: float = 1
     """Draw the head-on look of one defect of ``class_name``.
 
     Args:
-        class_name: a vocabulary name with a look in ``SPRITES``.
+        class_name: a vocabulary name with a look in ``SPRITES``, or a compositional type name
+            (``rtvp_edge.rig.compositional``: e.g. ``"amber granular ring"``).
         rng: generator the shape, size and contrast are drawn from.
         size_scale: multiplies every length (image scale times the config's defect size scale).
     """
-    try:
-        fn = SPRITES[class_name]
-    except KeyError:
-        raise ValueError(f"no rig look for defect class {class_name!r}; known: {sorted(SPRITES)}") from None
-    sp = fn(rng, size_scale)
-    # the optics are not perfectly sharp: soften every look a little (as the lens would)
+    fn = SPRITES.get(class_name)
+    if fn is not None:
+        sp = fn(rng, size_scale)
+    else:
+        from rtvp_edge.rig.compositional import draw_type, is_type_name
+
+        if not is_type_name(class_name):
+            raise ValueError(
+                f"no rig look for defect class {class_name!r}; known: {sorted(SPRITES)} or a compositional "
+                "type such as 'amber granular ring' (rtvp_edge.rig.compositional)"
+            )
+        sp, _ = draw_type(class_name, rng, size_scale)
+    return lens_blur(sp)
+
+
+def lens_blur(sp: DefectSprite) -> DefectSprite:
+    """The optics are not perfectly sharp: every look is softened a little, as the lens would."""
     a = cv2.GaussianBlur(sp.alpha, (0, 0), _OPTICS_BLUR)
     c = cv2.GaussianBlur(sp.color * sp.alpha[..., None], (0, 0), _OPTICS_BLUR) / np.maximum(
         a[..., None], 1e-6

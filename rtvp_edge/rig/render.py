@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
 from rtvp_edge.messages import GroundTruthBox
-from rtvp_edge.rig.defects import SURFACE_CLASSES, DefectSprite, make_sprite
+from rtvp_edge.rig.compositional import draw_type, parse_type
+from rtvp_edge.rig.defects import SPRITES, SURFACE_CLASSES, DefectSprite, lens_blur, make_sprite
 from rtvp_edge.rig.geometry import (
     PROFILES,
     VIEW_ANGLES_DEG,
@@ -111,7 +112,9 @@ class RigConfig(StrictModel):
     @field_validator("classes", mode="plain")
     @classmethod
     def _classes(cls, v: object) -> tuple[DefectClass, ...]:
-        """Vocabulary entries, or their names (a YAML file lists names)."""
+        """Vocabulary entries, or their names (a YAML file lists names): the named glass classes and the
+        compositional types (``rtvp_edge.rig.compositional``, e.g. ``amber granular ring``)."""
+        from rtvp_edge.rig.compositional import is_type_name, parse_type
         from rtvp_edge.rig.defects import SPRITES
 
         by_name = {c.name: c for c in GLASS_DEFECTS}
@@ -121,13 +124,22 @@ class RigConfig(StrictModel):
         for c in v:
             if isinstance(c, str) and c in by_name:
                 c = by_name[c]
+            elif isinstance(c, str) and is_type_name(c):
+                c = parse_type(c).defect_class()
             if not isinstance(c, DefectClass):
-                raise ValueError(f"{c!r} is not a glass defect class; known: {sorted(by_name)}")
-            if c.name not in SPRITES:
+                raise ValueError(
+                    f"{c!r} is not a glass defect class; known: {sorted(by_name)}, or a compositional type "
+                    "of attribute words such as 'amber granular ring' (docs/rig.md)"
+                )
+            if c.name not in SPRITES and not is_type_name(c.name):
                 raise ValueError(f"class {c.name!r} has no rig look; known: {sorted(SPRITES)}")
             out.append(c)
         if not out:
             raise ValueError("must not be empty")
+        names = [c.name for c in out]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"classes listed twice: {dup}")
         return tuple(out)
 
     @field_serializer("classes")
@@ -309,6 +321,9 @@ def sample_container(config: RigConfig, index: int) -> ContainerSpec:
             cls = config.classes[int(rng.choice(len(config.classes), p=w))].name
             theta = float(rng.uniform(0, 360))
             row = float(rng.choice(prof.inspection_rows)) + float(rng.uniform(-0.5, 0.5))
+            if cls not in SPRITES:  # a compositional type: its attributes decide size and depth
+                defects.append(_compositional_defect(config, prof, rng, k, cls, theta, row))
+                continue
             depth = 1.0 if cls in SURFACE_CLASSES else float(rng.uniform(0.95, 0.99))
             # a tail of larger defects (long cracks, big smears) next to the dominant small ones
             big = config.large_defect_share > 0 and rng.random() < config.large_defect_share
@@ -316,6 +331,26 @@ def sample_container(config: RigConfig, index: int) -> ContainerSpec:
             sprite = make_sprite(cls, rng, size)
             defects.append(Defect3D(k, cls, theta, row, depth, sprite))
     return ContainerSpec(index, shape, tint, tuple(defects), bank_offset, shift, gain, seam)
+
+
+def _compositional_defect(
+    config: RigConfig,
+    prof: ContainerProfile,
+    rng: np.random.Generator,
+    k: int,
+    cls: str,
+    theta: float,
+    row: float,
+) -> Defect3D:
+    """A defect of a compositional type: a type with a size is drawn at it (no random large tail); one
+    without draws the rig's tail like a named class; the depth follows the type's (or is drawn)."""
+    t = parse_type(cls)
+    size = prof.scale * config.defect_size_scale
+    if t.size is None and config.large_defect_share > 0 and rng.random() < config.large_defect_share:
+        size *= float(rng.uniform(1.7, 2.6))
+    sprite, inside = draw_type(cls, rng, size)
+    depth = float(rng.uniform(0.95, 0.99)) if inside else 1.0
+    return Defect3D(k, cls, theta, row, depth, lens_blur(sprite))
 
 
 # ---------------------------------------------------------------------------------------------------------

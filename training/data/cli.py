@@ -2,6 +2,7 @@
 
     rtvp-data generate --out data/glass --containers 200 --protocol both --seed 0
     rtvp-data generate --out data/jars --rig rig.yaml          (a rig file: RigConfig fields, docs/rig.md)
+    rtvp-data generate --out data/comp --protocol compositional [--compositional-split split.yaml]
     rtvp-data show --data data/glass --out data/glass/preview
     rtvp-data check --data path/to/mmioc_root
 
@@ -25,7 +26,19 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="output folder; protocols go to OUT/closed, OUT/open"
     )
     g.add_argument("--containers", type=int, default=200, help="containers to render (6 images each)")
-    g.add_argument("--protocol", choices=("closed", "open", "both"), default="both")
+    g.add_argument(
+        "--protocol",
+        choices=("closed", "open", "both", "compositional"),
+        default="both",
+        help="both = closed and open; compositional: attribute-composed types with held-out groups (docs/rig.md)",
+    )
+    g.add_argument(
+        "--compositional-split",
+        type=Path,
+        default=None,
+        help="YAML: seen, unseen_combination, unseen_type (lists of type names) for --protocol compositional; "
+        "default: the built-in split",
+    )
     g.add_argument(
         "--rig",
         type=Path,
@@ -70,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
             from training.data.generate import generate_dataset
 
             base = load_rig_config(args.rig) if args.rig is not None else RigConfig()
+            split_spec = None
+            if args.compositional_split is not None:
+                from rtvp_edge.rig.compositional import CompositionalSplit
+                from rtvp_edge.yaml_config import load_yaml_model
+
+                if args.protocol != "compositional":
+                    raise ValueError("--compositional-split needs --protocol compositional")
+                split_spec = load_yaml_model(
+                    CompositionalSplit, args.compositional_split, what="compositional split file",
+                    schema_doc="docs/rig.md",
+                )  # fmt: skip
             flags = {
                 "seed": args.seed,
                 "defect_free_share": args.defect_free_share,
@@ -88,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
+                compositional_split=split_spec,
             )
             _print_counts(roots.values())
         elif args.command == "show":

@@ -26,6 +26,9 @@ import numpy as np
 
 from rtvp_edge.vocabulary import GLASS_DEFECTS
 
+# Held-out groups of the compositional protocol (``rtvp_edge.rig.compositional.GROUPS``).
+HELD_OUT_GROUPS = ("seen", "unseen_combination", "unseen_type")
+
 # A box may overhang its image by this much (pixels) before it is an error; it is clipped instead.
 BOX_TOLERANCE_PX = 1.0
 
@@ -62,7 +65,12 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class CocoSplit:
-    """A loaded split: images with boxes, the class list and a text prompt per class."""
+    """A loaded split: images with boxes, the class list and a text prompt per class.
+
+    ``seen`` (one bool per class) and ``groups`` (one held-out group per class: ``seen``,
+    ``unseen_combination``, ``unseen_type``) are the data set's own open-protocol flags, from the json's
+    categories when every category carries one (``rtvp-data generate`` writes them); None otherwise.
+    """
 
     root: Path
     split: str
@@ -71,6 +79,12 @@ class CocoSplit:
     class_names: list[str]
     prompts: list[str]
     category_ids: list[int]
+    seen: list[bool] | None = None
+    groups: list[str] | None = None
+
+    def group_of(self) -> dict[str, str]:
+        """``{class name: group}`` ({} when the data set records no groups)."""
+        return dict(zip(self.class_names, self.groups, strict=True)) if self.groups else {}
 
     @property
     def num_boxes(self) -> int:
@@ -169,6 +183,8 @@ def load_coco_split(
     names: list[str] = []
     cat_prompts: list[str | None] = []
     cat_ids: list[int] = []
+    cat_seen: list[object] = []
+    cat_groups: list[object] = []
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
             raise DatasetError(f"{ann_file}: categories[{i}] needs an int 'id' and a str 'name', got {c!r}")
@@ -180,6 +196,15 @@ def load_coco_split(
         names.append(c["name"])
         cat_prompts.append(c.get("prompt") if isinstance(c.get("prompt"), str) else None)
         cat_ids.append(c["id"])
+        cat_seen.append(c.get("seen"))
+        cat_groups.append(c.get("group"))
+        if "group" in c and c["group"] not in HELD_OUT_GROUPS:
+            raise DatasetError(
+                f"{ann_file}: categories[{i}] ({c['name']!r}): group must be one of {list(HELD_OUT_GROUPS)}, "
+                f"got {c['group']!r}"
+            )
+        if "seen" in c and not isinstance(c["seen"], bool):
+            raise DatasetError(f"{ann_file}: categories[{i}] ({c['name']!r}): seen must be true or false")
     manifest_prompts = _prompts_from_manifest(root)
     vocab = {d.name: d.prompt for d in GLASS_DEFECTS}
     prompts = [
@@ -265,7 +290,11 @@ def load_coco_split(
                 meta={k: v for k, v in im.items() if k not in meta_skip},
             )
         )
-    return CocoSplit(root, split, ann_file, images, names, prompts, cat_ids)
+    seen = [bool(v) for v in cat_seen] if cat_seen and all(isinstance(v, bool) for v in cat_seen) else None
+    groups = (
+        [str(g) for g in cat_groups] if cat_groups and all(isinstance(g, str) for g in cat_groups) else None
+    )
+    return CocoSplit(root, split, ann_file, images, names, prompts, cat_ids, seen, groups)
 
 
 def _check_size(path: Path, w: int, h: int, where: str) -> None:

@@ -11,6 +11,12 @@ Protocols (split by container, so the six views of a part never straddle train a
   classes; val = every other container, annotated with the unseen classes only (the categories of
   ``val.json`` are the unseen classes). A model never sees an unseen defect in training, not even
   unlabelled.
+- compositional (written alone, to ``out/compositional``): the rig draws compositional defect types
+  (``rtvp_edge.rig.compositional``) split by a ``CompositionalSplit`` into ``seen``, ``unseen_combination``
+  and ``unseen_type``. train = the closed-train containers without a held-out defect, annotated with the
+  seen types; train_all = every closed-train container, every type annotated (the "trained on them"
+  reference); val = the closed-val containers, every type annotated. Each category carries its ``group``
+  and ``attributes``; ``seen`` is true for the seen group only.
 YOLO labels use the global vocabulary index (``manifest.json`` ``names``); COCO category ids are the
 vocabulary index + 1, and each split's ``categories`` lists the classes annotated in it.
 
@@ -34,8 +40,11 @@ import numpy as np
 
 from rtvp_edge.rig import GENERATOR_VERSION, RigConfig, render_container
 from rtvp_edge.rig.camera import DEFAULT_CAMERA_IDS
+from rtvp_edge.rig.compositional import DEFAULT_SPLIT, CompositionalSplit, parse_type
 
 PROTOCOLS = ("closed", "open")
+COMPOSITIONAL = "compositional"  # a protocol of its own: other classes, so other images
+COMPOSITIONAL_SPLITS = ("train", "train_all", "val")
 IMAGE_FORMATS = ("jpg", "png")
 DATASET_FORMAT = "rtvp-mmioc-1"
 
@@ -191,13 +200,14 @@ def generate_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    compositional_split: CompositionalSplit | None = None,
 ) -> dict[str, Path]:
     """Render ``containers`` containers and write the data set(s).
 
     Args:
-        out: output directory; protocol roots are ``out/closed`` and ``out/open``.
+        out: output directory; protocol roots are ``out/closed``, ``out/open`` and ``out/compositional``.
         containers: number of containers (six images each).
-        protocol: ``"closed"``, ``"open"`` or ``"both"``.
+        protocol: ``"closed"``, ``"open"``, ``"both"`` (closed and open) or ``"compositional"``.
         seed: rig seed (ignored when ``config`` is given: its seed is used).
         image_format: ``"jpg"`` (quality ``jpeg_quality``) or ``"png"``.
         val_share: share of the containers in the closed protocol's val split.
@@ -205,11 +215,15 @@ def generate_dataset(
         workers: rendering processes.
         overwrite: replace existing protocol roots under ``out`` (else refuse).
         progress: show a tqdm progress bar.
+        compositional_split: the compositional protocol's types and held-out groups (default
+            ``rtvp_edge.rig.compositional.DEFAULT_SPLIT``); its types replace ``config.classes``.
     Returns:
         {protocol: root path} of the roots written.
     """
-    if protocol not in (*PROTOCOLS, "both"):
-        raise ValueError(f"protocol must be one of closed, open, both; got {protocol!r}")
+    if protocol not in (*PROTOCOLS, "both", COMPOSITIONAL):
+        raise ValueError(f"protocol must be one of closed, open, both, compositional; got {protocol!r}")
+    if compositional_split is not None and protocol != COMPOSITIONAL:
+        raise ValueError(f"a compositional split is for protocol 'compositional', not {protocol!r}")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image format must be one of {IMAGE_FORMATS}; got {image_format!r}")
     if not isinstance(containers, int) or containers < 1:
@@ -219,6 +233,15 @@ def generate_dataset(
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality!r}")
     config = config if config is not None else RigConfig(seed=seed)
+    groups: dict[str, str] = {}
+    if protocol == COMPOSITIONAL:
+        comp = compositional_split if compositional_split is not None else DEFAULT_SPLIT
+        if config.class_weights is not None:
+            raise ValueError(
+                "class_weights: the compositional protocol draws its types uniformly; remove class_weights"
+            )
+        config = RigConfig(**{**dict(config), "classes": comp.classes()})
+        groups = comp.groups()
     protocols = PROTOCOLS if protocol == "both" else (protocol,)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +258,9 @@ def generate_dataset(
         {"id": k + 1, "name": c.name, "prompt": c.prompt, "seen": c.seen, "supercategory": "glass container"}
         for k, c in enumerate(classes)
     ]
+    for c in cat:
+        if groups:  # which held-out group a class is in, and what it is made of
+            c.update(group=groups[c["name"]], attributes=parse_type(c["name"]).attributes)
     unseen = {c.name for c in classes if not c.seen}
     val_idx = split_containers(containers, config.seed, val_share)
     h, w = config.image_size
@@ -246,6 +272,12 @@ def generate_dataset(
             root = tmp / p
             if p == "closed":
                 writers[p] = {s: _SplitWriter(root, s, cat, names) for s in ("train", "val")}
+            elif p == COMPOSITIONAL:
+                writers[p] = {
+                    "train": _SplitWriter(root, "train", [c for c in cat if c["seen"]], names),
+                    "train_all": _SplitWriter(root, "train_all", cat, names),
+                    "val": _SplitWriter(root, "val", cat, names),
+                }
             else:
                 writers[p] = {
                     "train": _SplitWriter(root, "train", [c for c in cat if c["seen"]], names),
@@ -259,12 +291,23 @@ def generate_dataset(
             it = tqdm(it, total=containers, desc="rendering containers", unit="container")
         for item in it:
             closed_split = "val" if item["index"] in val_idx else "train"
-            open_split = "train" if closed_split == "train" and not (unseen & set(item["classes"])) else "val"
+            held_out = bool(unseen & set(item["classes"]))
+            open_split = "train" if closed_split == "train" and not held_out else "val"
+            targets = []  # (protocol, split) this container's views go to
+            for p in protocols:
+                if p == "closed":
+                    targets.append((p, closed_split))
+                elif p == COMPOSITIONAL:
+                    if closed_split == "val":
+                        targets.append((p, "val"))
+                    else:
+                        targets += [(p, "train_all")] + ([] if held_out else [(p, "train")])
+                else:
+                    targets.append((p, open_split))
             for view in item["views"]:
                 file_name = f"{item['part_id']}_v{view['view']}.{image_format}"
                 src = None
-                for p in protocols:
-                    split = closed_split if p == "closed" else open_split
+                for p, split in targets:
                     src = writers[p][split].add(item, view, file_name, src, h, w)
 
         roots = {}
@@ -284,12 +327,17 @@ def generate_dataset(
                 "val_share": val_share,
                 "names": names,
                 "classes": [
-                    {"id": c["id"], "name": c["name"], "prompt": c["prompt"], "seen": c["seen"]} for c in cat
+                    {"id": c["id"], "name": c["name"], "prompt": c["prompt"], "seen": c["seen"]}
+                    | ({"group": c["group"], "attributes": c["attributes"]} if "group" in c else {})
+                    for c in cat
                 ],
                 "prompts": {c.name: c.prompt for c in classes},
                 "splits": splits,
                 "rig_config": _config_dict(config),
             }
+            if p == COMPOSITIONAL:
+                manifest["groups"] = groups
+                manifest["compositional_split"] = comp.model_dump(mode="json")
             (tmp / p / "manifest.json").write_text(json.dumps(manifest, indent=2))
             roots[p] = tmp / p
         for p, final in finals.items():

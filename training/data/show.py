@@ -129,7 +129,9 @@ def plot_statistics(splits: dict[str, CocoSplit], out_png: Path, title: str) -> 
     if len(s):
         small = float((s < COCO_SMALL).mean())
         medium = float(((s >= COCO_SMALL) & (s < COCO_MEDIUM)).mean())
-        ax_s.set_title(f"box size: {small:.0%} small, {medium:.0%} medium, {max(0.0, 1 - small - medium):.0%} large")
+        ax_s.set_title(
+            f"box size: {small:.0%} small, {medium:.0%} medium, {max(0.0, 1 - small - medium):.0%} large"
+        )
     ax_s.set_xlabel("sqrt(box area) [px]")
     ax_s.set_ylabel("boxes")
     ax_s.legend()
