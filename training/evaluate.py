@@ -8,6 +8,10 @@ Usage::
 
     rtvp-eval --checkpoint runs/glass/best.pt --data data/glass --split val
     rtvp-eval --checkpoint runs/glass_open/best.pt --data data/glass --classes unseen   # open protocol
+    rtvp-eval --checkpoint runs/comp/best.pt --data data/comp/compositional --classes all  # AP50 per group
+
+When the data set records held-out groups per class (``rtvp-data generate --protocol compositional``), the
+report adds ``per_group``: AP and AP50 of each group (``seen``, ``unseen_combination``, ``unseen_type``).
 """
 
 from __future__ import annotations
@@ -170,13 +174,50 @@ def _coco(detections: dict[int, list[Detection]], gt, vocabulary: list[str]) -> 
     return result
 
 
+def group_metrics(per_class: dict[str, dict], groups: dict[str, str]) -> dict[str, dict]:
+    """AP and AP50 of each held-out group of classes.
+
+    A group's AP50 is the mean AP50 of its classes that have ground truth, which is what pycocotools gives
+    when its evaluation is restricted to those categories (COCO averages over categories, leaving out those
+    without ground truth).
+
+    Args:
+        per_class: ``{class: {"AP", "AP50", "n_gt", ...}}`` (``coco_evaluate``'s ``per_class``).
+        groups: ``{class: group}``; classes of ``per_class`` without a group are left out.
+    Returns:
+        ``{group: {"AP", "AP50" (None when no class of the group has ground truth), "classes", "n_gt"}}`` in
+        the order groups first appear.
+    """
+    out: dict[str, dict] = {}
+    for name, pc in per_class.items():
+        g = groups.get(name)
+        if g is None:
+            continue
+        entry = out.setdefault(g, {"classes": [], "n_gt": 0, "_ap": [], "_ap50": []})
+        entry["classes"].append(name)
+        entry["n_gt"] += int(pc.get("n_gt") or 0)
+        if pc.get("n_gt"):
+            entry["_ap"].append(pc["AP"])
+            entry["_ap50"].append(pc["AP50"])
+    for entry in out.values():
+        ap, ap50 = entry.pop("_ap"), entry.pop("_ap50")
+        entry["AP"] = float(np.mean(ap)) if ap else None
+        entry["AP50"] = float(np.mean(ap50)) if ap50 else None
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def resolve_classes(spec: str, checkpoint_classes: list[str], data_classes: list[str]) -> list[str]:
+def resolve_classes(
+    spec: str, checkpoint_classes: list[str], data_classes: list[str], groups: dict[str, str] | None = None
+) -> list[str]:
     """Class list from ``--classes``: ``seen`` (the checkpoint's vocabulary), ``unseen`` (data-set classes the
-    checkpoint was not trained on), ``all`` (every data-set class) or comma-separated names."""
-    if spec in ("", "seen"):
+    checkpoint was not trained on), ``all`` (every data-set class), a held-out group the data set records
+    (``unseen_combination``, ``unseen_type``) or comma-separated names."""
+    if groups and spec in ("unseen_combination", "unseen_type"):
+        classes = [c for c in data_classes if groups.get(c) == spec]
+    elif spec in ("", "seen"):
         classes = [c for c in checkpoint_classes if c in data_classes]
     elif spec == "unseen":
         classes = [c for c in data_classes if c not in checkpoint_classes]
@@ -251,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes",
         default="seen",
         help="seen (trained vocabulary), unseen (data-set classes not trained on: open protocol), all, "
-        "or comma-separated names",
+        "unseen_combination / unseen_type (a held-out group of a compositional data set), or comma-separated "
+        "names",
     )
     p.add_argument("--out", default="", help="output directory (default runs/eval/<run>_<split>_<classes>)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -285,7 +327,8 @@ def _main(args: argparse.Namespace) -> int:
     device = dist.resolve_device(args.device, key="--device")
     model, info = build_from_checkpoint(args.checkpoint, device, use_ema=not args.raw_weights)
     split = load_split(args.data, args.split)
-    classes = resolve_classes(args.classes, info["class_names"], list(split.class_names))
+    groups = split.group_of() if hasattr(split, "group_of") else {}
+    classes = resolve_classes(args.classes, info["class_names"], list(split.class_names), groups)
     data_prompts = dict(zip(split.class_names, getattr(split, "prompts", []) or [], strict=False))
     emb, prompts = vocabulary_embeddings(classes, data_prompts, info, args.text_cache)
     dataset = DetectionDataset(split, classes, info["preprocess_spec"])
@@ -301,7 +344,9 @@ def _main(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         class_agnostic=args.class_agnostic,
     )
-    tag = args.classes if args.classes in ("seen", "unseen", "all") else "custom"
+    if groups:
+        result["per_group"] = group_metrics(result["per_class"], groups)
+    tag = args.classes if args.classes in ("seen", "unseen", "all", *set(groups.values())) else "custom"
     out = Path(args.out or Path("runs") / "eval" / f"{Path(args.checkpoint).parent.name}_{args.split}_{tag}")
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -329,6 +374,10 @@ def _main(args: argparse.Namespace) -> int:
     print(" ".join(f"{k} {fmt(m[k])}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     for name, pc in result["per_class"].items():
         print(f"  {name:<20s} AP {fmt(pc['AP'])}  AP50 {fmt(pc['AP50'])}  ({pc['n_gt']} boxes)")
+    for g, pg in result.get("per_group", {}).items():
+        print(
+            f"  group {g:<18s} AP {fmt(pg['AP'])}  AP50 {fmt(pg['AP50'])}  ({len(pg['classes'])} classes, {pg['n_gt']} boxes)"
+        )
     if "class_agnostic" in result:
         ma = result["class_agnostic"]["metrics"]
         print("class-agnostic " + " ".join(f"{k} {fmt(ma[k])}" for k in ("AP", "AP50", "AP75")))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from rtvp_edge.strict import StrictModel
 from rtvp_edge.vocabulary import DefectClass
@@ -381,7 +381,7 @@ class CompositionalSplit(StrictModel):
         combination with an unseen attribute value, an unseen type made only of seen values.
     """
 
-    seen: tuple[str, ...] = Field(min_length=1)
+    seen: tuple[str, ...]
     unseen_combination: tuple[str, ...] = ()
     unseen_type: tuple[str, ...] = ()
 
@@ -431,6 +431,12 @@ class CompositionalSplit(StrictModel):
                     f"(list it under unseen_combination)"
                 )
         return out
+
+    @model_validator(mode="after")
+    def _holds_out(self) -> CompositionalSplit:
+        if not self.unseen_combination and not self.unseen_type:
+            raise ValueError("holds out nothing: list types under unseen_combination and/or unseen_type")
+        return self
 
     def groups(self) -> dict[str, str]:
         """``{type name: group}`` (group in ``GROUPS``), seen types first."""
