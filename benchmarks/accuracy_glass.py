@@ -12,7 +12,13 @@ pretrained weights can be downloaded here), with its default augmentation recipe
 
 Rows: ``closed`` (full RTVPNet, closed protocol), ``open`` (full RTVPNet, open protocol, minilm),
 ``ablation`` (Table VII: each of EDP, RVP, V-T, T-V switched off in turn, and all off = the expert alone),
-``yolo`` (YOLOv8-S by Ultralytics). Results go to a JSON file and a Markdown table on stdout.
+``yolo`` (YOLOv8-S by Ultralytics), ``compositional`` (not run by default: the compositional protocol of
+``rtvp-data generate``, two runs on ``DATA/compositional``: trained on the seen types and evaluated on the
+held-out ones from their prompts, and trained on every type (``train_all``) as the reference; AP50 per
+held-out group, ``unseen_combination`` and ``unseen_type``, and the ratio open / trained-on-them). Results go
+to a JSON file and Markdown tables on stdout.
+
+    python benchmarks/accuracy_glass.py --data data/glass_bench --containers 300 --rows compositional ...
 """
 
 from __future__ import annotations
@@ -47,6 +53,46 @@ def ensure_data(root: Path, containers: int, seed: int, size_scale: float) -> di
     return generate_dataset(
         root, containers=containers, protocol="both", config=cfg, workers=2, progress=False
     )
+
+
+def ensure_compositional(root: Path, containers: int, seed: int, size_scale: float) -> Path:
+    """``root/compositional``, generated with the built-in split when missing."""
+    from rtvp_edge.rig import RigConfig
+    from training.data.generate import generate_dataset
+
+    if (root / "compositional" / "manifest.json").is_file():
+        return root / "compositional"
+    cfg = RigConfig(seed=seed, defect_size_scale=size_scale)
+    return generate_dataset(
+        root, containers=containers, protocol="compositional", config=cfg, workers=2, progress=False
+    )["compositional"]
+
+
+def group_ap50(per_class_ap50: dict[str, float | None], groups: dict[str, str]) -> dict[str, float | None]:
+    """AP50 per held-out group from per-class AP50 (None: no ground truth), as ``rtvp-eval`` reports it."""
+    from training.evaluate import group_metrics
+
+    per_class = {n: {"AP": v, "AP50": v, "n_gt": 0 if v is None else 1} for n, v in per_class_ap50.items()}
+    return {g: r["AP50"] for g, r in group_metrics(per_class, groups).items()}
+
+
+def run_compositional(root: Path, out: Path, args) -> dict[str, dict]:
+    """The open run (seen types, held-out ones from text) and the reference trained on every type."""
+    groups = json.loads((root / "manifest.json").read_text())["groups"]
+    enc = {"text.encoder": args.text_encoder}
+    open_run = run_rtvpnet("compositional_open", root, out, args, "open", enc)
+    ref = run_rtvpnet(
+        "compositional_all", root, out, args, "closed", {**enc, "data.train_split": "train_all"}
+    )
+    rows = {}
+    for key, r in ((f"RTVPNet compositional open ({args.text_encoder})", open_run),
+                   (f"RTVPNet compositional, trained on every type ({args.text_encoder})", ref)):  # fmt: skip
+        r["per_group_AP50"] = group_ap50(r["per_class_AP50"], groups)
+        rows[key] = r
+    for g in ("unseen_combination", "unseen_type"):
+        a, b = open_run["per_group_AP50"].get(g), ref["per_group_AP50"].get(g)
+        open_run.setdefault("ratio_to_trained", {})[g] = None if a is None or not b else a / b
+    return rows
 
 
 def run_rtvpnet(name: str, root: Path, out: Path, args, protocol: str, extra: dict) -> dict:
@@ -192,6 +238,11 @@ def main() -> None:
         key = f"RTVPNet open, unseen classes ({args.text_encoder})"
         results[key] = run_rtvpnet("open_full", roots["open"], out, args, "open", {})
         print(json.dumps({key: results[key]}), flush=True)
+    if "compositional" in args.rows:
+        comp = ensure_compositional(Path(args.data), args.containers, args.seed, args.defect_size_scale)
+        for key, r in run_compositional(comp, out, args).items():
+            results[key] = r
+            print(json.dumps({key: r}), flush=True)
     if "yolo" in args.rows:
         results["YOLOv8-S (Ultralytics, from scratch)"] = run_yolo(roots["closed"], out, args)
         print(json.dumps({"YOLOv8-S": results["YOLOv8-S (Ultralytics, from scratch)"]}), flush=True)
@@ -203,6 +254,15 @@ def main() -> None:
     print("| model | AP | AP50 | AP75 | train time (s) |\n|---|---|---|---|---|")
     for k, r in results.items():
         print(f"| {k} | {fmt(r['AP'])} | {fmt(r['AP50'])} | {fmt(r['AP75'])} | {r['train_s']:.0f} |")
+    grouped = {k: r for k, r in results.items() if "per_group_AP50" in r}
+    if grouped:
+        print("\n| model | AP50 seen | AP50 unseen combination | AP50 unseen type | open / trained on them |")
+        print("|---|---|---|---|---|")
+        for k, r in grouped.items():
+            pg, ratio = r["per_group_AP50"], r.get("ratio_to_trained", {})
+            ratios = ", ".join(f"{g} {fmt(v)} %" for g, v in ratio.items())
+            print(f"| {k} | {fmt(pg.get('seen'))} | {fmt(pg.get('unseen_combination'))} | "
+                  f"{fmt(pg.get('unseen_type'))} | {ratios} |")  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
