@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ABLATION = {  # Table VII switches; "full" has all four on
@@ -53,6 +55,11 @@ def ensure_data(root: Path, containers: int, seed: int, size_scale: float) -> di
     return generate_dataset(
         root, containers=containers, protocol="both", config=cfg, workers=2, progress=False
     )
+
+
+def img_size_value(args) -> int | list[int]:
+    """``--img-size``: one side (a square input) or height width, as ``model.img_size`` takes it."""
+    return args.img_size[0] if len(args.img_size) == 1 else list(args.img_size)
 
 
 def ensure_compositional(root: Path, containers: int, seed: int, size_scale: float) -> Path:
@@ -101,7 +108,7 @@ def run_rtvpnet(name: str, root: Path, out: Path, args, protocol: str, extra: di
 
     overrides = {
         "name": name, "protocol": protocol, "data.root": str(root), "data.batch_size": args.batch,
-        "data.workers": args.workers, "model.variant": args.variant, "model.img_size": args.img_size,
+        "data.workers": args.workers, "model.variant": args.variant, "model.img_size": img_size_value(args),
         "schedule.epochs": args.epochs, "schedule.pretrain_epochs": args.pretrain_epochs,
         "schedule.warmup_epochs": 1, "optim.lr": args.lr, "eval.every": 0, "output.dir": str(out),
         "output.progress": False, "output.plots": False, "text.encoder": args.text_encoder if protocol == "open"
@@ -126,6 +133,45 @@ def run_rtvpnet(name: str, root: Path, out: Path, args, protocol: str, extra: di
     }  # fmt: skip
 
 
+def write_yolo_crops(root: Path, yroot: Path, crop: tuple[int, int, int, int]) -> list[str]:
+    """The data set as Ultralytics reads it, cut to ``crop`` (x1, y1, x2, y2 camera pixels): the input
+    policy RTVPNet's ``data.crop`` gives it. Labels follow the RTVPNet rule (``boxes_inside``): a box keeping
+    less than half its area inside the crop is no target. Returns the class names."""
+    import cv2
+
+    from training.data.coco import load_coco_split
+    from training.datasets import boxes_inside
+
+    x1, y1, x2, y2 = crop
+    names: list[str] = []
+    for split_name in ("train", "val"):
+        split = load_coco_split(root, split_name)
+        names = list(split.class_names)
+        idir, ldir = yroot / "images" / split_name, yroot / "labels" / split_name
+        idir.mkdir(parents=True, exist_ok=True)
+        ldir.mkdir(parents=True, exist_ok=True)
+        for rec in split.images:
+            dst = idir / Path(rec.path).name
+            if dst.exists():
+                continue
+            img = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"{rec.path}: not a readable image")
+            cx2, cy2 = min(x2, img.shape[1]), min(y2, img.shape[0])
+            boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
+            cls = np.asarray(rec.class_ids, np.int64).reshape(-1)
+            lines = []
+            if len(boxes):
+                boxes, cls = boxes_inside(boxes, cls, (x1, y1, cx2, cy2))
+                w, h = cx2 - x1, cy2 - y1
+                for (bx1, by1, bx2, by2), c in zip(boxes - [x1, y1, x1, y1], cls, strict=True):
+                    lines.append(f"{int(c)} {(bx1 + bx2) / 2 / w:.6f} {(by1 + by2) / 2 / h:.6f} "
+                                 f"{(bx2 - bx1) / w:.6f} {(by2 - by1) / h:.6f}")  # fmt: skip
+            (ldir / dst.with_suffix(".txt").name).write_text("\n".join(lines) + ("\n" if lines else ""))
+            cv2.imwrite(str(dst), img[y1:cy2, x1:cx2])
+    return names
+
+
 def run_yolo(root: Path, out: Path, args) -> dict:
     """YOLOv8-S from scratch by Ultralytics on the closed split, scored by our COCO evaluation."""
     os.environ["YOLO_OFFLINE"] = "1"
@@ -137,16 +183,20 @@ def run_yolo(root: Path, out: Path, args) -> dict:
     from training.coco_eval import coco_evaluate, coco_ground_truth
     from training.data.coco import load_coco_split
 
-    # Ultralytics finds labels by replacing /images/ with /labels/ in each image path: link our files so.
-    yroot = out / "yolo_data"
-    names = json.loads((root / "manifest.json").read_text())["names"]
-    for split in ("train", "val"):
-        for kind, src in (("images", root / "Images" / split), ("labels", root / "labels" / split)):
-            d = yroot / kind / split
-            d.mkdir(parents=True, exist_ok=True)
-            for f in src.iterdir():
-                if not (d / f.name).exists():
-                    (d / f.name).symlink_to(f.resolve())
+    crop = tuple(args.yolo_crop) if args.yolo_crop else None
+    yroot = out / ("yolo_data_crop_" + "_".join(map(str, crop)) if crop else "yolo_data")
+    if crop:
+        names = write_yolo_crops(root, yroot, crop)
+    else:
+        # Ultralytics finds labels by replacing /images/ with /labels/ in each image path: link our files so.
+        names = json.loads((root / "manifest.json").read_text())["names"]
+        for split in ("train", "val"):
+            for kind, src in (("images", root / "Images" / split), ("labels", root / "labels" / split)):
+                d = yroot / kind / split
+                d.mkdir(parents=True, exist_ok=True)
+                for f in src.iterdir():
+                    if not (d / f.name).exists():
+                        (d / f.name).symlink_to(f.resolve())
     data_yaml = yroot / "data.yaml"
     data_yaml.write_text(yaml.safe_dump({"path": str(yroot), "train": "images/train", "val": "images/val",
                                          "names": dict(enumerate(names))}))  # fmt: skip
@@ -157,7 +207,8 @@ def run_yolo(root: Path, out: Path, args) -> dict:
     model = YOLO("yolov8s.yaml")
     # --yolo-time-h: hours of training instead of --epochs (Ultralytics fits its LR schedule to the time)
     budget = {"time": args.yolo_time_h} if args.yolo_time_h else {}
-    model.train(data=str(data_yaml), epochs=args.epochs, imgsz=args.img_size, batch=args.batch, device="cpu",
+    imgsz = max(args.img_size)  # Ultralytics letterboxes into a square: the longer side of our input
+    model.train(data=str(data_yaml), epochs=args.epochs, imgsz=imgsz, batch=args.batch, device="cpu",
                 workers=args.workers, pretrained=False, amp=False, plots=False, val=False, project=str(out),
                 name="yolov8s", exist_ok=True, seed=args.seed, verbose=False, lr0=0.01, **budget)  # fmt: skip
     train_s = time.perf_counter() - t0
@@ -168,18 +219,20 @@ def run_yolo(root: Path, out: Path, args) -> dict:
         sizes.append((rec.height, rec.width))
         gt_b.append(rec.boxes)
         gt_c.append(rec.class_ids)
-        res = model.predict(str(rec.path), imgsz=args.img_size, conf=0.001, iou=0.6, max_det=100, verbose=False,
+        source = yroot / "images" / "val" / Path(rec.path).name if crop else rec.path
+        res = model.predict(str(source), imgsz=imgsz, conf=0.001, iou=0.6, max_det=100, verbose=False,
                             device="cpu")[0]  # fmt: skip
         b = res.boxes
+        dx, dy = (crop[0], crop[1]) if crop else (0, 0)  # back to camera pixels, where the ground truth is
         for box, score, cls in zip(b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), strict=True):
             k = index.get(names[cls])
             if k is not None:
-                x1, y1, x2, y2 = (float(v) for v in box)
+                x1, y1, x2, y2 = (float(v) for v in box + np.array([dx, dy, dx, dy], np.float32))
                 dets.append({"image_id": img_id, "category_id": k + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
                              "score": float(score)})  # fmt: skip
     r = coco_evaluate(coco_ground_truth(sizes, gt_b, gt_c, split.class_names), dets, split.class_names)
     m = r["metrics"]
-    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "train_s": train_s,
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "train_s": train_s, "crop": crop, "imgsz": imgsz,
             "epochs": args.epochs if not args.yolo_time_h else f"time budget {args.yolo_time_h} h",
             "per_class_AP50": {k: v["AP50"] for k, v in r["per_class"].items()}, "n_val_images": len(split.images)}  # fmt: skip
 
@@ -192,7 +245,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/accuracy_glass")
     p.add_argument("--config", default="", help="base YAML (default: built-in defaults + the flags here)")
     p.add_argument("--variant", default="rtvpnet_tiny")
-    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--img-size", type=int, nargs="+", default=[320], help="one side, or height width")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--pretrain-epochs", type=int, default=0)
     p.add_argument("--batch", type=int, default=8)
@@ -209,6 +262,13 @@ def main() -> None:
         type=float,
         default=0.0,
         help="train the YOLOv8-S peer for this many hours instead of --epochs (same CPU time)",
+    )
+    p.add_argument(
+        "--yolo-crop",
+        type=int,
+        nargs=4,
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="the YOLOv8-S peer sees this region of each view (camera pixels), as RTVPNet's data.crop does",
     )
     p.add_argument("--ablation-rows", nargs="+", default=list(ABLATION), type=lambda r: f"-{r}" if f"-{r}" in ABLATION else r,
                    choices=list(ABLATION), help="Table VII rows; EDP, RVP, V-T, T-V stand for -EDP, ... on a command line")  # fmt: skip
