@@ -142,3 +142,18 @@ def test_missing_and_malformed_files(tmp_path):
     p.write_text("optim: {lr: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(p)
+
+
+def test_every_shipped_training_config_loads_and_its_windows_fit_the_input():
+    from pathlib import Path
+
+    from training.config import load_config as load_real  # the real ModelConfig
+
+    files = sorted((Path(__file__).resolve().parents[1] / "training" / "configs").glob("*.yaml"))
+    assert any(f.name == "glass_demo_fast.yaml" for f in files)
+    for f in files:
+        cfg = load_real(f)
+        if cfg.data.patch:
+            size = cfg.model.img_size
+            hw = (size, size) if isinstance(size, int) else tuple(size)
+            assert cfg.data.patch[0] <= hw[0] and cfg.data.patch[1] <= hw[1], f.name
